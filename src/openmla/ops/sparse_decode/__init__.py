@@ -1,0 +1,19 @@
+"""Sparse MLA decode over the FP8 KV cache (SPEC §2.2, §2.4)."""
+import torch
+
+from ...dispatch import register
+from .ref import sparse_decode_ref
+
+
+def run_reference(q, k_cache, indices, sm_scale, head_dim_v, attn_sink=None, topk_length=None,
+                  extra_k_cache=None, extra_indices_in_kvcache=None, extra_topk_length=None,
+                  sched=None):
+    """The reference as a backend: bf16 out, lse ``[b, h_q, s_q]`` as a transposed view of a
+    contiguous ``[b, s_q, h_q]`` buffer (FlashMLA's layout)."""
+    out, lse = sparse_decode_ref(q, k_cache, indices, sm_scale, head_dim_v, attn_sink,
+                                 topk_length, extra_k_cache, extra_indices_in_kvcache,
+                                 extra_topk_length)
+    return out.to(torch.bfloat16), lse.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+register("sparse_decode", "reference", run_reference, lambda info, problem: True)

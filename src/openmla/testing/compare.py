@@ -1,0 +1,82 @@
+"""Comparison of an answer with a reference, as FlashMLA's test toolkit does (SPEC §4.1), and
+the tolerance table of every op (FlashMLA's own tolerances).
+
+1. shapes must match; 2. +inf / -inf / NaN must sit at exactly the same positions (those are then
+zeroed); 3. every element within ``abs_tol`` or within ``rel_tol`` relative to the reference;
+4. the cosine-style difference ``1 - 2 Σ a r / Σ (a² + r²)`` (float64) at most ``cos_diff_tol``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tol:
+    abs_tol: float
+    rel_tol: float
+    cos_diff_tol: float
+
+
+# FlashMLA's tolerances per op and output (SPEC §4.1). A tolerance is part of the spec: change it
+# here explicitly, with the reason, never around a failing test.
+TOLERANCES: dict[str, dict[str, Tol]] = {
+    "dense_decode": {"out": Tol(8e-4, 2.01 / 128, 5e-6), "lse": Tol(1e-6, 8.01 / 65536, 0.0)},
+    "sparse_decode": {"out": Tol(1e-3, 2.01 / 128, 5e-6), "lse": Tol(1e-6, 8.01 / 65536, 0.0)},
+    "sparse_prefill": {"out": Tol(8e-4, 3.01 / 128, 7e-6), "lse": Tol(1e-6, 2.01 / 65536, 0.0),
+                       "max_logits": Tol(1e-6, 2.01 / 65536, 0.0)},
+    "mha_prefill": {"out": Tol(1e-3, 8.01 / 128, 7e-6), "lse": Tol(1e-6, 2.01 / 65536, 0.0),
+                    "dq": Tol(1e-3, 8.01 / 128, 7e-6), "dk": Tol(1e-3, 8.01 / 128, 7e-6),
+                    "dv": Tol(1e-3, 8.01 / 128, 7e-6)},
+}
+# lse is compared element-wise only (FlashMLA sets no cosine bound on it): 0.0 disables step 4
+# for those rows of the table, see ``check_is_allclose``.
+
+
+def compare(ans: torch.Tensor, ref: torch.Tensor, tol: Tol) -> str | None:
+    """None when ``ans`` matches ``ref`` within ``tol``; otherwise the reason."""
+    if ans.shape != ref.shape:
+        return f"shape {tuple(ans.shape)} != reference shape {tuple(ref.shape)}"
+    a = ans.detach().to(torch.float64).cpu()
+    r = ref.detach().to(torch.float64).cpu()
+    for label, fn in (("+inf", lambda x: torch.isposinf(x)), ("-inf", lambda x: torch.isneginf(x)),
+                      ("nan", torch.isnan)):
+        ma, mr = fn(a), fn(r)
+        if not torch.equal(ma, mr):
+            diff = (ma != mr).nonzero()
+            where = tuple(diff[0].tolist())
+            return (f"{label} positions differ at {diff.shape[0]} elements, first at {where}: "
+                    f"answer {a[where].item()}, reference {r[where].item()}")
+        a = torch.where(ma, torch.zeros_like(a), a)
+        r = torch.where(mr, torch.zeros_like(r), r)
+    err = (a - r).abs()
+    ok = (err < tol.abs_tol) | (err / (r.abs() + 1e-6) < tol.rel_tol)
+    if not bool(ok.all()):
+        bad = (~ok).nonzero()
+        where = tuple(bad[0].tolist())
+        return (f"{bad.shape[0]} of {ok.numel()} elements outside abs {tol.abs_tol:g} / rel "
+                f"{tol.rel_tol:g}; first at {where}: answer {a[where].item():.8g}, reference "
+                f"{r[where].item():.8g}; max abs err {err.max().item():.3g}")
+    if tol.cos_diff_tol > 0:
+        denom = (a * a + r * r).sum()
+        cos_diff = 0.0 if (r * r).sum() < 1e-12 else float(1 - 2 * (a * r).sum() / denom)
+        if cos_diff > tol.cos_diff_tol:
+            return f"cosine difference {cos_diff:.3g} > {tol.cos_diff_tol:g}"
+    return None
+
+
+def check_is_allclose(name: str, ans: torch.Tensor, ref: torch.Tensor, abs_tol: float,
+                      rel_tol: float, cos_diff_tol: float) -> bool:
+    """FlashMLA's ``check_is_allclose``: True when close; prints why not otherwise."""
+    why = compare(ans, ref, Tol(abs_tol, rel_tol, cos_diff_tol))
+    if why is not None:
+        print(f"{name}: {why}")
+    return why is None
+
+
+def assert_close(name: str, ans: torch.Tensor, ref: torch.Tensor, tol: Tol) -> None:
+    """Raise AssertionError naming ``name`` and the reason when ``ans`` is not close to ``ref``."""
+    why = compare(ans, ref, tol)
+    if why is not None:
+        raise AssertionError(f"{name}: {why}")
