@@ -66,7 +66,7 @@ CSV_COLUMNS = ("timestamp", "kernel", "x", "provider", "backend", "metric", "uni
                "p80", "gpu", "cuda", "torch", "triton", "version", "commit")
 PROVIDERS = ("openmla", "flash_mla", "torch_sdpa")
 OPS = ("dense_decode", "sparse_decode", "sparse_prefill", "mha_prefill")
-FLASH_MLA_MHA_ARCH = 100  # FlashMLA's dense MHA kernels exist for SM100 only
+FLASH_MLA_MHA_ARCH = 100  # FlashMLA's dense MHA kernels exist for SM100 (sm_100 family) only
 
 
 # --- timing ---------------------------------------------------------------------------------
@@ -391,7 +391,7 @@ def _sdpa_call(kw: dict[str, Any], b: int, backward: bool,
     s = total_q // b
 
     def heads_first(x: torch.Tensor) -> torch.Tensor:
-        return x.view(b, s, x.shape[1], x.shape[2]).transpose(1, 2)  # [b, h, s, dim]
+        return x.reshape(b, s, x.shape[1], x.shape[2]).transpose(1, 2)  # [b, h, s, dim]
 
     def call() -> Any:
         out = torch.nn.functional.scaled_dot_product_attention(
@@ -414,8 +414,9 @@ def _mha_case(b: int, seqlen: int, h: int, d: int, dv: int, causal: bool,
         kw = G.public_kwargs(case)
         grad_out = case[G.EXTRAS]["grad_out"]
         mods = _provider_modules(providers)
-        if "flash_mla" in mods and not (device.type == "cuda" and _arch(device) >= FLASH_MLA_MHA_ARCH):
-            del mods["flash_mla"]  # FlashMLA's MHA kernels are SM100-only
+        if "flash_mla" in mods and not (device.type == "cuda"
+                                        and _arch(device) // 10 == FLASH_MLA_MHA_ARCH // 10):
+            del mods["flash_mla"]  # FlashMLA's MHA kernels exist for SM100 only
         calls: dict[str, Callable[[], Any]] = {}
         for name, mod in mods.items():
             def call(mod: Any = mod) -> Any:

@@ -435,6 +435,7 @@ def _scope_extras(scope: dict[str, Any]) -> dict[str, Any]:
 def sparse_prefill_inputs(s_q: int, s_kv: int, h_q: int, topk: int, *, d_qk: int = 576,
                           d_v: int = 512, all_invalid: bool = False,
                           with_topk_length: bool = False, with_attn_sink: bool = False,
+                          invalid_row_fraction: float | None = None,
                           device: torch.device | str | None = None, seed: int = 0,
                           generator: torch.Generator | None = None,
                           non_contiguous: bool = False) -> dict[str, Any]:
@@ -443,7 +444,8 @@ def sparse_prefill_inputs(s_q: int, s_kv: int, h_q: int, topk: int, *, d_qk: int
     ``q [s_q, h_q, d_qk]`` and ``kv [s_kv, 1, d_qk]`` bf16 are ``randn/10`` plus one
     ``U(-0.05, 0.05)`` shift each, clamped to ±10; ``indices [s_q, 1, topk]`` int32 are distinct
     positions in ``[0, s_kv)``, padded when ``topk > s_kv`` with values drawn from
-    ``PREFILL_INVALID_INDICES``; ``all_invalid`` overwrites ~2 % of the rows with one such value;
+    ``PREFILL_INVALID_INDICES``; ``all_invalid`` overwrites rows with one such value: ~2 % of them
+    as upstream (N(0,1) < -2), or each with probability ``invalid_row_fraction`` when given;
     ``topk_length [s_q]`` int32 is ``randint(0, max(topk + 1, 64))`` clamped to topk;
     ``sm_scale = 0.5``. Extras: ``invalid_values`` (the padding candidates used).
     """
@@ -464,8 +466,14 @@ def sparse_prefill_inputs(s_q: int, s_kv: int, h_q: int, topk: int, *, d_qk: int
                            dtype=torch.int32)
     ranges = torch.full((s_q,), s_kv, dtype=torch.int64)
     indices = distinct_indices(ranges, topk, rng, padding=invalid).view(s_q, 1, topk)
+    if invalid_row_fraction is not None and not 0.0 <= invalid_row_fraction <= 1.0:
+        raise ValueError(f"invalid_row_fraction: expected a probability in [0, 1], "
+                         f"got {invalid_row_fraction}")
     if all_invalid:
-        rows = rng.randn((s_q,)) < ALL_INVALID_ROW_THRESHOLD
+        if invalid_row_fraction is None:
+            rows = rng.randn((s_q,)) < ALL_INVALID_ROW_THRESHOLD
+        else:
+            rows = rng.rand((s_q,)) < invalid_row_fraction
         value = int(invalid[int(torch.randint(0, invalid.numel(), (), generator=rng.host))])
         indices = torch.where(rows[:, None, None], torch.full_like(indices, value), indices)
     topk_length = None
