@@ -27,7 +27,8 @@ def test_dense_decode_flops_equals_mean_length_form(seed):
     seqlens = [rng.randint(0, 5000) for _ in range(b)]
     mean_len = sum(seqlens) / b
     expected = b * h_q * s_q * (2 * d * mean_len + 2 * mean_len * dv)
-    assert flops.dense_decode_flops(b, s_q, h_q, d, dv, seqlens) == pytest.approx(expected, rel=1e-12)
+    got = flops.dense_decode_flops(b, s_q, h_q, d, dv, seqlens)
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
 def test_dense_decode_bytes_hand_computed():
@@ -80,7 +81,8 @@ def test_sparse_decode_matches_anchor_table():
     # ANCHORS.md, H200: b=128 s_q=1 h_q=128 topk=2048: 200 µs -> 365 TFLOPS, 1038 GB/s
     b, s_q, h_q, topk, t = 128, 1, 128, 2048, 200e-6
     n_att = flops.sparse_decode_attended(b, s_q, topk)
-    assert flops.sparse_decode_flops(h_q, 576, 512, n_att) / t / 1e12 == pytest.approx(365, rel=5e-3)
+    tflops = flops.sparse_decode_flops(h_q, 576, 512, n_att) / t / 1e12
+    assert tflops == pytest.approx(365, rel=5e-3)
     gbps = flops.sparse_decode_bytes_topk(b, s_q, h_q, 576, 512, topk) / t / 1e9
     assert gbps == pytest.approx(1038, rel=5e-3)
 
@@ -102,7 +104,8 @@ def test_count_unique_indices():
 # --- sparse prefill -----------------------------------------------------------------------
 def test_sparse_prefill_flops_and_bytes_hand_computed():
     assert flops.sparse_prefill_flops(3, 2, 576, 512, topk=4) == 2 * 12 * 2 * 1088
-    assert flops.sparse_prefill_flops(3, 2, 576, 512, topk=4, topk_length=[1, 2, 3]) == 2 * 6 * 2 * 1088
+    got = flops.sparse_prefill_flops(3, 2, 576, 512, topk=4, topk_length=[1, 2, 3])
+    assert got == 2 * 6 * 2 * 1088
     with pytest.raises(ValueError):
         flops.sparse_prefill_flops(3, 2, 576, 512)
     # N_valid·d_qk·2 + s_q·h_q·(d_qk+d_v)·2 = 4·576·2 + 2·2·1088·2

@@ -421,7 +421,8 @@ def test_mha_gqa_matches_direct_softmax():
                 continue
             for h in range(4):
                 s = 0.4 * (k[k0 : k0 + n_vis, h // 2] @ q[q0 + i, h])
-                torch.testing.assert_close(out[q0 + i, h], torch.softmax(s, 0) @ v[k0 : k0 + n_vis, h // 2])
+                expected = torch.softmax(s, 0) @ v[k0 : k0 + n_vis, h // 2]
+                torch.testing.assert_close(out[q0 + i, h], expected)
                 assert lse[q0 + i, h] == pytest.approx(float(torch.logsumexp(s, 0)))
 
 

@@ -28,9 +28,9 @@ import importlib
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +111,8 @@ def time_fn(fn: Callable[[], Any], *, device: torch.device | str | None = None,
             max_runs: int = DEFAULT_MAX_RUNS, flush_l2: bool = True) -> Timing:
     """Median / p20 / p80 microseconds per call of ``fn``.
 
-    ``warmup`` untimed calls first (they also estimate the cost of a call); then ``rep`` timed
+    ``warmup`` untimed calls first (fewer when they exceed the budget; they also estimate the
+    cost of a call); then ``rep`` timed
     calls, or — when ``rep`` is None — as many as fit in ``budget_s`` seconds, clamped to
     ``[min_runs, max_runs]``. On CUDA every call is bracketed by CUDA events and the calls are
     queued back to back (an L2 flush between them when ``flush_l2``), with one synchronisation
@@ -132,10 +133,14 @@ def time_fn(fn: Callable[[], Any], *, device: torch.device | str | None = None,
 
     sync()
     t0 = time.perf_counter()
-    for _ in range(max(warmup, 1)):
+    done = 0
+    while done < max(warmup, 1):
         fn()
-    sync()
-    per_call = (time.perf_counter() - t0) / max(warmup, 1)
+        sync()
+        done += 1
+        if time.perf_counter() - t0 > budget_s:  # a slow path: one warm-up call is enough
+            break
+    per_call = (time.perf_counter() - t0) / done
     if rep is not None:
         n = max(1, int(rep))
     else:
@@ -221,7 +226,11 @@ def _module_version(name: str) -> str:
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
-    """Short sha of the checkout that holds openmla's sources, or ``"unknown"``."""
+    """Short sha of the checkout that holds openmla's sources, or ``"unknown"``; the environment
+    variable ``OPENMLA_COMMIT`` overrides it (for copies of the tree without ``.git``)."""
+    override = os.environ.get("OPENMLA_COMMIT", "").strip()
+    if override:
+        return override
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where,
@@ -582,12 +591,12 @@ def run_case(case: BenchCase, device: torch.device, providers: Sequence[str], *,
             timing = time_fn(call, device=device, budget_s=budget_s, max_runs=max_runs)
             row = BenchRow(case.op, case.config, provider, backend, timing, work.flops,
                            work.bytes)
-            log(f"  {case.op:<15} {case.config:<58} {provider:<10} {backend:<10} "
+            log(f"  {case.op:<15} {case.config:<70} {provider:<10} {backend:<10} "
                 f"{timing.p50:12.1f} us  {row.tflops(timing.p50):8.2f} TFLOPS")
         except Exception as exc:  # noqa: BLE001
             row = BenchRow(case.op, case.config, provider, backend, None, work.flops,
                            work.bytes, f"{type(exc).__name__}: {exc}")
-            log(f"  {case.op:<15} {case.config:<58} {provider:<10} failed: {row.error}")
+            log(f"  {case.op:<15} {case.config:<70} {provider:<10} failed: {row.error}")
         rows.append(row)
     del work
     _free(device)
@@ -623,12 +632,13 @@ def _fmt(x: float | None, spec: str) -> str:
 def format_table(rows: Sequence[BenchRow], ceilings: Ceilings) -> str:
     """A plain-text table: µs, TFLOPS, GB/s and the fraction of the ceiling that bounds the op
     (copy for memory-bound rows, matmul for compute-bound rows)."""
-    header = (f"{'op':<15} {'config':<58} {'provider':<10} {'backend':<10} {'us':>10} "
+    w = max([len(r.config) for r in rows] + [len("config")])
+    header = (f"{'op':<15} {'config':<{w}} {'provider':<10} {'backend':<10} {'us':>10} "
               f"{'TFLOPS':>8} {'GB/s':>8} {'fraction of ceiling':>24}")
     lines = [header, "-" * len(header)]
     for r in rows:
         if r.timing is None:
-            lines.append(f"{r.op:<15} {r.config:<58} {r.provider:<10} {r.backend:<10} "
+            lines.append(f"{r.op:<15} {r.config:<{w}} {r.provider:<10} {r.backend:<10} "
                          f"failed: {r.error[:80]}")
             continue
         t = r.timing.p50
@@ -636,8 +646,8 @@ def format_table(rows: Sequence[BenchRow], ceilings: Ceilings) -> str:
             frac = f"{_fmt(r.fraction_of_copy(ceilings), '.2f')} of copy"
         else:
             frac = f"{_fmt(r.fraction_of_matmul(ceilings), '.2f')} of matmul"
-        lines.append(f"{r.op:<15} {r.config:<58} {r.provider:<10} {r.backend:<10} "
-                     f"{t:10.1f} {_fmt(r.tflops(t), '8.2f')} {_fmt(r.gbps(t), '8.0f')} "
+        lines.append(f"{r.op:<15} {r.config:<{w}} {r.provider:<10} {r.backend:<10} "
+                     f"{t:10.1f} {_fmt(r.tflops(t), '.2f'):>8} {_fmt(r.gbps(t), '.0f'):>8} "
                      f"{frac:>24}")
     return "\n".join(lines)
 
@@ -646,7 +656,8 @@ def _metric_rows(r: BenchRow, ceilings: Ceilings) -> list[tuple[str, str, float,
     """(metric, unit, p20, p50, p80) of one result: faster time = higher throughput, so the
     throughput percentiles come from the mirrored time percentiles."""
     t = r.timing
-    assert t is not None
+    if t is None:
+        return []
     out = [("time", "us", t.p20, t.p50, t.p80),
            ("throughput", "TFLOPS", r.tflops(t.p80), r.tflops(t.p50), r.tflops(t.p20))]
     if r.bytes is not None:
@@ -693,6 +704,11 @@ def append_csv(path: str | os.PathLike, rows: Sequence[BenchRow], ceilings: Ceil
     return len(lines)
 
 
+class PlotUnavailableError(RuntimeError):
+    """Plots were asked for but matplotlib cannot be imported."""
+
+
+PLOT_LABEL_WIDTH = 22  # characters per line of an x tick label
 PLOT_METRICS = (("time", "us", "µs per call (lower is better)"),
                 ("throughput", "TFLOPS", "TFLOPS (higher is better)"))
 
@@ -706,7 +722,7 @@ def plot_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Pa
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise RuntimeError("--plot needs matplotlib: pip install 'openmla[bench]' "
+        raise PlotUnavailableError("--plot needs matplotlib: pip install 'openmla[bench]' "
                            "(or pip install matplotlib)") from exc
     with Path(csv_path).open(newline="") as fh:
         records = list(csv.DictReader(fh))
@@ -741,7 +757,8 @@ def plot_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Pa
                     xs = [j + (i - (len(providers) - 1) / 2) * width for j in range(len(configs))]
                     ax.bar(xs, vals, width, label=prov)
                 ax.set_xticks(range(len(configs)))
-                ax.set_xticklabels([c.replace(" ", "\n", 3) for c in configs], fontsize=7)
+                ax.set_xticklabels([textwrap.fill(c, PLOT_LABEL_WIDTH) for c in configs],
+                                   fontsize=7)
                 ax.set_ylabel(f"{unit}")
                 ax.set_title(f"{kernel} — {label}\n{gpu}", fontsize=9)
                 ax.legend(fontsize=8)

@@ -12,10 +12,16 @@ sequence position reaches are NaN, block-table entries past a sequence hold a hu
 rows are padded with invalid values, sinks are ±inf, and with ``non_contiguous=True`` tensors
 are slices of larger allocations (every dim +1, last dim +128, last dim still contiguous).
 
-Generation is vectorised (no Python loop over tokens or index slots), so the production shapes of
-ANCHORS.md generate in seconds on a GPU. ``seed`` fixes the data for a given device; the
-device-side stream of a CUDA generator differs from the CPU's, so the same seed gives different
-(equally distributed) data on the two.
+Parameters shared by every generator: ``device`` (default: CUDA if available, else the CPU);
+``seed`` seeds a generator on ``device`` for the bulk data and a CPU generator for the few
+host-side draws (sequence lengths, per-request masks, scalar shifts); ``generator`` replaces the
+device generator (it must live on ``device``; host-side draws still follow ``seed``);
+``non_contiguous`` returns the tensors FlashMLA's tests make non-contiguous as such slices, with
+the same values as the contiguous version of the same seed. The same seed gives different (equally
+distributed) data on a CPU and a GPU: their random streams differ.
+
+Generation is vectorised (no Python loop over tokens or index slots; loops only over chunks of
+rows or pages), so the production shapes of ANCHORS.md generate in under a second on an H200.
 """
 from __future__ import annotations
 
@@ -156,7 +162,7 @@ def reference_kwargs(op: str, case: dict[str, Any]) -> dict[str, Any]:
                      f"mha_prefill, got {op!r}")
 
 
-def attn_sink(h_q: int, rng: _Rng) -> torch.Tensor:
+def _attn_sink(h_q: int, rng: _Rng) -> torch.Tensor:
     """``[h_q]`` float32 sink logits: N(0,1), with ~31 % set to +inf and ~31 % to -inf."""
     sink = rng.randn((h_q,))
     mask = rng.randn((h_q,))
@@ -164,20 +170,20 @@ def attn_sink(h_q: int, rng: _Rng) -> torch.Tensor:
     return torch.where(mask < -SINK_INF_THRESHOLD, torch.full_like(sink, float("-inf")), sink)
 
 
-def varlen_seqlens(b: int, mean: int, minimum: int, varlen: bool, zero_fraction_on: bool,
+def _varlen_seqlens(b: int, mean: int, minimum: int, varlen: bool, zero_half: bool,
                    rng: _Rng) -> torch.Tensor:
     """Host int64 ``[b]`` sequence lengths: ``mean`` each, or ``max(N(mean, mean/2), minimum)``
-    truncated to int when ``varlen``; with ``zero_fraction_on`` about half are set to 0."""
+    truncated to int when ``varlen``; with ``zero_half`` about half are set to 0."""
     lens = torch.full((b,), float(mean), dtype=torch.float64)
     if varlen:
         lens = (rng.host_randn((b,)).double() * (mean / 2) + mean).clamp(min=minimum)
     lens = lens.to(torch.int64)  # truncation, as assigning a float into an int tensor does
-    if zero_fraction_on:
+    if zero_half:
         lens[rng.host_randn((b,)) > 0] = 0
     return lens
 
 
-def distinct_indices(ranges: torch.Tensor, width: int, rng: _Rng,
+def _distinct_indices(ranges: torch.Tensor, width: int, rng: _Rng,
                      padding: torch.Tensor | int = INVALID_INDEX) -> torch.Tensor:
     """``[rows, width]`` int32: row r holds distinct random values in ``[0, ranges[r])`` in random
     order; when ``ranges[r] < width`` the remaining slots hold ``padding`` (an int, or an int32
@@ -278,7 +284,7 @@ def dense_decode_inputs(b: int, s_q: int, h_q: int, s_k: int, *, h_kv: int = 1, 
     rng = _Rng(dev, seed, generator)
     pbs = page_block_size
 
-    seqlens = varlen_seqlens(b, s_k, s_q, varlen, zero_seqlens, rng)  # host int64 [b]
+    seqlens = _varlen_seqlens(b, s_k, s_q, varlen, zero_seqlens, rng)  # host int64 [b]
     block_table, _ = _paged_layout(seqlens, pbs, rng)
     num_pages = block_table.numel()
     q = (rng.randn((b, s_q, h_q, d), dtype) * KV_SCALE).clamp_(-DECODE_CLAMP, DECODE_CLAMP)
@@ -305,7 +311,7 @@ def _sparse_decode_scope(b: int, s_q: int, s_k: int, topk: int, pbs: int, d_qk: 
                          varlen: bool, zero_seqlens: bool, all_invalid: bool,
                          with_topk_length: bool, rng: _Rng) -> dict[str, Any]:
     """One FP8 cache with its physical index tensor (main or extra cache of a decode call)."""
-    seqlens = varlen_seqlens(b, s_k, s_q, varlen, zero_seqlens, rng)  # host [b]
+    seqlens = _varlen_seqlens(b, s_k, s_q, varlen, zero_seqlens, rng)  # host [b]
     block_table, _ = _paged_layout(seqlens, pbs, rng)
     num_tokens = block_table.numel() * pbs
     cache_seqlens = seqlens.to(device=rng.device, dtype=torch.int32)
@@ -313,7 +319,7 @@ def _sparse_decode_scope(b: int, s_q: int, s_k: int, topk: int, pbs: int, d_qk: 
         logical = torch.full((b, s_q, topk), INVALID_INDEX, dtype=torch.int32, device=rng.device)
     else:
         ranges = cache_seqlens.to(torch.int64).repeat_interleave(s_q)  # [b * s_q]
-        logical = distinct_indices(ranges, topk, rng).view(b, s_q, topk)
+        logical = _distinct_indices(ranges, topk, rng).view(b, s_q, topk)
     # physical p = block_table[i, a // pbs] * pbs + a % pbs; -1 stays -1
     valid = logical >= 0
     a = torch.where(valid, logical, torch.zeros_like(logical)).to(torch.int64)
@@ -394,7 +400,7 @@ def sparse_decode_inputs(b: int, s_q: int, h_q: int, s_k: int, topk: int, *, d_q
     rng = _Rng(dev, seed, generator)
 
     q = rng.randn((b, s_q, h_q, d_qk), torch.bfloat16).clamp_(-DECODE_CLAMP, DECODE_CLAMP)
-    sink = attn_sink(h_q, rng) if with_attn_sink else None
+    sink = _attn_sink(h_q, rng) if with_attn_sink else None
     main = _sparse_decode_scope(b, s_q, s_k, topk, page_block_size, d_qk, varlen, zero_seqlens,
                                 all_invalid, with_topk_length, rng)
     extra = None
@@ -465,7 +471,7 @@ def sparse_prefill_inputs(s_q: int, s_kv: int, h_q: int, topk: int, *, d_qk: int
     invalid = torch.tensor([s_kv if v is None else v for v in PREFILL_INVALID_INDICES],
                            dtype=torch.int32)
     ranges = torch.full((s_q,), s_kv, dtype=torch.int64)
-    indices = distinct_indices(ranges, topk, rng, padding=invalid).view(s_q, 1, topk)
+    indices = _distinct_indices(ranges, topk, rng, padding=invalid).view(s_q, 1, topk)
     if invalid_row_fraction is not None and not 0.0 <= invalid_row_fraction <= 1.0:
         raise ValueError(f"invalid_row_fraction: expected a probability in [0, 1], "
                          f"got {invalid_row_fraction}")
@@ -479,7 +485,7 @@ def sparse_prefill_inputs(s_q: int, s_kv: int, h_q: int, topk: int, *, d_qk: int
     topk_length = None
     if with_topk_length:
         topk_length = rng.randint(max(topk + 1, PREFILL_MIN_TOPK_DRAW), (s_q,)).clamp_max_(topk)
-    sink = attn_sink(h_q, rng) if with_attn_sink else None
+    sink = _attn_sink(h_q, rng) if with_attn_sink else None
     return {
         "q": _maybe_noncontig(q, non_contiguous),
         "kv": _maybe_noncontig(kv, non_contiguous),
@@ -516,7 +522,7 @@ def mha_inputs(b: int, mean_sq: int, mean_sk: int, h: int, *, h_kv: int | None =
     dev = _resolve_device(device)
     rng = _Rng(dev, seed, generator)
 
-    seqlens_q = varlen_seqlens(b, mean_sq, 1, varlen, False, rng)  # host int64 [b]
+    seqlens_q = _varlen_seqlens(b, mean_sq, 1, varlen, False, rng)  # host int64 [b]
     seqlens_k = torch.full((b,), mean_sk, dtype=torch.int64)
     if varlen:
         draw = (rng.host_randn((b,)).double() * (mean_sk / 2) + mean_sk).to(torch.int64)

@@ -349,9 +349,9 @@ def naive_sparse_decode(
     if attn_sink is not None and tuple(attn_sink.shape) != (h_q,):
         raise ValueError(f"attn_sink: expected shape [{h_q}], got {tuple(attn_sink.shape)}")
     if (extra_k_cache is None) != (extra_indices_in_kvcache is None):
+        given = "extra_k_cache" if extra_k_cache is not None else "extra_indices_in_kvcache"
         raise ValueError(
-            "extra_k_cache / extra_indices_in_kvcache: expected both or neither, got "
-            f"{'only extra_k_cache' if extra_k_cache is not None else 'only extra_indices_in_kvcache'}"
+            f"extra_k_cache / extra_indices_in_kvcache: expected both or neither, got only {given}"
         )
     if extra_topk_length is not None and extra_k_cache is None:
         raise ValueError("extra_topk_length: expected None without extra_k_cache, got a value")

@@ -1,0 +1,143 @@
+"""The ``openmla`` command line on a CPU, in-process: ``check`` passes and names every op, a
+wrong op makes it fail, ``info`` lists the backends, ``bench --quick`` writes the long-form CSV
+(and plots), and the default demo runs both."""
+from __future__ import annotations
+
+import csv
+import time
+
+import pytest
+import torch
+
+import openmla
+from openmla.cli import main
+from openmla.dispatch import OPS
+from openmla.testing import bench as B
+
+PERTURBATION = 1.01  # 1 % off: inside the element-wise rel. tolerance (2/128) but 10x over
+# the cosine bound (scaling by 1.01 gives 1 - 2.02/2.0201 = 5e-5 > 5e-6), so check must look at both
+
+
+def test_check_passes_and_names_every_op(capsys):
+    assert main(["check", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("comparison"):]
+    for op in OPS:
+        assert op in table
+    assert "FAIL" not in table
+    for what in ("vs reference", "vs naive", "dq vs naive", "dk vs naive", "dv vs naive",
+                 "max_logits vs"):
+        assert what in table
+
+
+def _perturb_first_output(fn):
+    def wrong(*args, **kwargs):
+        out, *rest = fn(*args, **kwargs)
+        return (out * PERTURBATION, *rest)
+    return wrong
+
+
+@pytest.mark.parametrize("public,ops", [
+    ("flash_mla_with_kvcache", ["dense_decode", "sparse_decode"]),
+    ("flash_mla_sparse_fwd", ["sparse_prefill"]),
+    ("flash_attn_varlen_func", ["mha_prefill"]),
+])
+def test_check_fails_when_an_op_is_wrong(monkeypatch, capsys, public, ops):
+    monkeypatch.setattr(openmla, public, _perturb_first_output(getattr(openmla, public)))
+    assert main(["check", "--device", "cpu", "--ops", *ops]) == 1
+    out = capsys.readouterr().out
+    table = out[out.index("comparison"):]
+    for op in ops:
+        failed = [line for line in table.splitlines() if line.startswith(op) and "FAIL" in line]
+        assert failed, f"{op}: no failed comparison reported"
+    assert "FAILED" in out
+
+
+def test_check_fails_on_lse(monkeypatch, capsys):
+    fn = openmla.flash_mla_sparse_fwd
+
+    def wrong_lse(*args, **kwargs):
+        out, max_logits, lse = fn(*args, **kwargs)
+        return out, max_logits, lse + 1e-3
+    monkeypatch.setattr(openmla, "flash_mla_sparse_fwd", wrong_lse)
+    assert main(["check", "--device", "cpu", "--ops", "sparse_prefill"]) == 1
+    out = capsys.readouterr().out
+    assert any("lse vs" in line and "FAIL" in line for line in out.splitlines())
+
+
+def test_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for op in OPS:
+        assert op in out
+    assert openmla.__version__ in out and torch.__version__ in out
+
+
+def test_bench_quick_writes_csv_and_plots(tmp_path, capsys):
+    csv_path = tmp_path / "results.csv"
+    plot_dir = tmp_path / "plots"
+    args = ["bench", "--device", "cpu", "--quick", "--csv", str(csv_path)]
+    try:
+        import matplotlib  # noqa: F401
+        args += ["--plot", str(plot_dir)]
+    except ImportError:
+        plot_dir = None
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "no CUDA device" in out and "ceilings: copy" in out
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(rows[0].keys()) == B.CSV_COLUMNS
+    kernels = {r["kernel"] for r in rows}
+    assert set(OPS) <= kernels and "ceiling" in kernels
+    times = [r for r in rows if r["metric"] == "time" and r["kernel"] in OPS]
+    for r in times:
+        assert r["provider"] == "openmla" and r["backend"] != "unknown"
+        p20, p50, p80 = float(r["p20"]), float(r["p50"]), float(r["p80"])
+        assert 0 < p20 <= p50 <= p80
+    # throughput follows from the FLOP count and the median time
+    for r in rows:
+        if r["metric"] == "throughput" and r["kernel"] in OPS:
+            t = next(x for x in times if x["kernel"] == r["kernel"] and x["x"] == r["x"])
+            assert float(r["p50"]) > 0
+            assert float(r["p80"]) >= float(r["p50"]) >= float(r["p20"])
+            assert t["p50"]
+    if plot_dir is not None:
+        assert sorted(p.suffix for p in plot_dir.iterdir()) and all(
+            p.suffix == ".png" and p.stat().st_size > 0 for p in plot_dir.iterdir())
+
+
+def test_default_demo_runs_check_then_bench(capsys):
+    assert main(["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("openmla check") < out.index("openmla bench")
+    for op in OPS:
+        assert op in out
+
+
+def test_time_fn_measures_what_it_runs():
+    sleep_s = 0.002
+    t = B.time_fn(lambda: time.sleep(sleep_s), device="cpu", warmup=1, budget_s=0.05,
+                  max_runs=20)
+    assert B.MIN_RUNS <= t.runs <= 20
+    assert sleep_s * 1e6 <= t.p50 < 20 * sleep_s * 1e6
+    assert t.p20 <= t.p50 <= t.p80
+    exact = B.time_fn(lambda: None, device="cpu", rep=7)
+    assert exact.runs == 7
+    with pytest.raises(ValueError, match="min_runs"):
+        B.time_fn(lambda: None, device="cpu", min_runs=5, max_runs=2)
+
+
+def test_rows_report_fraction_of_the_bounding_ceiling():
+    ceil = B.Ceilings(copy_gbps=1000.0, matmul_tflops=100.0, copy_bytes=1, matmul_n=1,
+                      matmul_dtype="bf16")
+    timing = B.Timing(1.0, 1.0, 1.0, 3)  # 1 µs
+    # 1e8 FLOP and 1e6 bytes per µs: 100 TFLOPS and 1000 GB/s, intensity 100 = ridge
+    row = B.BenchRow("dense_decode", "x", "openmla", "reference", timing, int(1e8), int(1e6))
+    assert row.tflops(1.0) == pytest.approx(100.0) and row.gbps(1.0) == pytest.approx(1000.0)
+    assert row.bound(ceil) == "compute"
+    assert row.fraction_of_matmul(ceil) == pytest.approx(1.0)
+    mem = B.BenchRow("dense_decode", "x", "openmla", "reference", timing, int(1e7), int(1e6))
+    assert mem.bound(ceil) == "memory" and mem.fraction_of_copy(ceil) == pytest.approx(1.0)
+    table = B.format_table([row, mem], ceil)
+    assert "of matmul" in table and "of copy" in table
