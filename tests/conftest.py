@@ -1,6 +1,14 @@
-"""Shared pytest setup: the ``gpu`` marker skips cleanly without CUDA; fixed seeds per test."""
+"""Shared pytest setup: the ``gpu`` marker skips cleanly without CUDA; Triton kernels run in the
+interpreter without CUDA; fixed seeds per test."""
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter (set before triton is imported;
+# openmla imports it only when a kernel first runs).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,9 @@
 """Dense MLA decode over a paged BF16/FP16 KV cache (SPEC §2.1)."""
+from ...device import interpreting, triton_available
 from ...dispatch import register
 from .ref import dense_decode_ref
+
+D_QK_KERNEL = 576  # the kernels take DeepSeek V3's 512 latent + 64 RoPE dims
 
 
 def run_reference(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, head_dim_v,
@@ -11,4 +14,19 @@ def run_reference(q, k_cache, block_table, cache_seqlens, softmax_scale, causal,
     return out.to(q.dtype), lse
 
 
+def run_triton(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, head_dim_v,
+               sched=None):
+    from .launch import dense_decode_triton  # imports triton only when a kernel runs
+
+    return dense_decode_triton(q, k_cache, block_table, cache_seqlens, softmax_scale, causal,
+                               head_dim_v, sched)
+
+
+def triton_supports(info, problem) -> bool:
+    """CUDA / ROCm devices, or CPU tensors under the Triton interpreter; d_qk 576."""
+    on_device = info.kind == "cuda" or (info.kind == "cpu" and interpreting())
+    return on_device and problem.get("d", D_QK_KERNEL) == D_QK_KERNEL and triton_available()
+
+
 register("dense_decode", "reference", run_reference, lambda info, problem: True)
+register("dense_decode", "triton", run_triton, triton_supports)

@@ -1,0 +1,63 @@
+"""torch.library registration of the kernel launchers, so that ``torch.compile`` sees each launch
+as one opaque op with a fake (meta) implementation.
+
+Direct ``Library.define`` / ``impl`` plus ``register_fake`` costs about 4 µs per eager call,
+against about 25 µs for ``torch.library.custom_op``; decode calls are tens of microseconds.
+Ops take and return plain tensors; the Python wrappers (``ops/*/launch.py``) keep the rest.
+"""
+from __future__ import annotations
+
+import torch
+
+NAMESPACE = "openmla"
+_lib = torch.library.Library(NAMESPACE, "DEF")  # noqa: TOR901 - direct registration on purpose
+
+_lib.define("decode_schedule(Tensor lengths, int num_parts) -> (Tensor, Tensor)")
+_lib.define(
+    "dense_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, "
+    "Tensor sched_meta, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v, "
+    "int block_h, int num_warps, int num_stages) -> (Tensor, Tensor)")
+
+
+def _impl(name: str):
+    def wrap(fn):
+        for key in ("CUDA", "CPU"):
+            _lib.impl(name, fn, key)
+        return fn
+    return wrap
+
+
+@_impl("decode_schedule")
+def _decode_schedule(lengths, num_parts):
+    from .ops.schedule.launch import decode_schedule
+
+    return decode_schedule(lengths, num_parts)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::decode_schedule")
+def _decode_schedule_fake(lengths, num_parts):
+    from .ops.schedule.ref import META_COLS
+
+    return (lengths.new_empty(num_parts, META_COLS, dtype=torch.int32),
+            lengths.new_empty(lengths.shape[0] + 1, dtype=torch.int32))
+
+
+@_impl("dense_decode")
+def _dense_decode(q, k_cache, block_table, cache_seqlens, sched_meta, num_splits, softmax_scale,
+                  causal, head_dim_v, block_h, num_warps, num_stages):
+    from .ops.dense_decode.launch import dense_decode_kernels
+
+    return dense_decode_kernels(q, k_cache, block_table, cache_seqlens, sched_meta, num_splits,
+                                softmax_scale, causal, head_dim_v, block_h, num_warps,
+                                num_stages)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::dense_decode")
+def _dense_decode_fake(q, k_cache, block_table, cache_seqlens, sched_meta, num_splits,
+                       softmax_scale, causal, head_dim_v, block_h, num_warps, num_stages):
+    b, s_q, h_q, _ = q.shape
+    return (q.new_empty(b, s_q, h_q, head_dim_v),
+            q.new_empty(b, h_q, s_q, dtype=torch.float32))
+
+
+ops = torch.ops.openmla

@@ -1,0 +1,73 @@
+"""Launch the portable dense-decode kernels: schedule (when the meta object has none) → split
+kernel → combine, each a torch.library op. No host synchronisation anywhere."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ... import _library
+from ...device import device_info, interpreting
+from ..combine.launch import decode_combine
+from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
+from .config import BLOCK_N, pick_config
+from .kernel import _dense_decode_kernel
+
+LOG2E = 1.0 / math.log(2.0)
+
+
+def dense_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
+                        cache_seqlens: torch.Tensor, softmax_scale: float, causal: bool,
+                        head_dim_v: int, sched=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend entry: picks the launch configuration, reuses or computes the schedule (and
+    stores it in ``sched``, a FlashMLASchedMeta, for the next layers of the step)."""
+    _, s_q, h_q, _ = q.shape
+    h_kv = k_cache.shape[2]
+    cfg = pick_config(s_q * (h_q // h_kv), h_kv, device_info(q.device))
+    meta = num_splits = None
+    if sched is not None and sched.tile_scheduler_metadata is not None:
+        meta, num_splits = sched.tile_scheduler_metadata, sched.num_splits
+        if meta.shape[0] != cfg.num_parts or meta.device != q.device:
+            meta = None  # made for another device or launch shape: schedule again
+    if meta is None:
+        meta, num_splits = _library.ops.decode_schedule(cache_seqlens, cfg.num_parts)
+        if sched is not None:
+            sched.tile_scheduler_metadata, sched.num_splits = meta, num_splits
+    return _library.ops.dense_decode(q, k_cache, block_table, cache_seqlens, meta, num_splits,
+                                     softmax_scale, causal, head_dim_v, cfg.block_h,
+                                     cfg.num_warps, cfg.num_stages)
+
+
+def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
+                         softmax_scale, causal, head_dim_v, block_h, num_warps, num_stages):
+    """Split kernel and combine for one call (the body of the ``openmla::dense_decode`` op)."""
+    b, s_q, h_q, d = q.shape
+    _, page_size, h_kv, _ = k_cache.shape
+    group = h_q // h_kv
+    rows = s_q * group
+    num_parts = meta.shape[0]
+    causal = bool(causal) and s_q > 1
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
+    pieces = b + num_parts  # upper bound of the schedule's pieces
+    o_acc = torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
+    lse_acc = torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device)
+    grid = (-(-rows // block_h), h_kv, num_parts)
+    _dense_decode_kernel[grid](
+        q, k_cache, block_table, cache_seqlens, meta, num_splits,
+        out, lse, o_acc, lse_acc,
+        softmax_scale * LOG2E, s_q, group, h_q,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_table.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
+        lse_acc.stride(0), lse_acc.stride(1),
+        PAGE_SIZE=page_size, D_NOPE=head_dim_v, D_ROPE=d - head_dim_v,
+        BLOCK_H=block_h, BLOCK_N=BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
+        CAUSAL=causal, UPCAST_DOT=interpreting(),
+        ROUND_OUT=interpreting() and q.dtype == torch.bfloat16,
+        num_warps=num_warps, num_stages=num_stages)
+    decode_combine(o_acc, lse_acc, num_splits, out, lse)
+    return out, lse

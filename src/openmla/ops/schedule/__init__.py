@@ -1,0 +1,1 @@
+"""Split-KV schedule of the decode kernels, computed on the device (SPEC §3)."""

@@ -1,0 +1,171 @@
+"""Dense decode kernels: the device schedule, the launch configuration, and the portable Triton
+kernel + combine against the independent loop implementation (CPU: under the Triton
+interpreter, tiny shapes), its torch.library registration, and on CUDA its dispatch, CUDA-graph
+replay, run-to-run bitwise determinism and torch.compile parity."""
+import math
+
+import pytest
+import torch
+
+import openmla
+from openmla import _library
+from openmla.device import DeviceInfo, device_info, interpreting
+from openmla.dispatch import select
+from openmla.ops.dense_decode.config import pick_config
+from openmla.ops.schedule.launch import decode_schedule
+from openmla.ops.schedule.ref import BLOCK_N, REQUEST_OVERHEAD, schedule_ref
+from openmla.testing import generate as gen
+from openmla.testing import naive
+from openmla.testing.compare import TOLERANCES, assert_close
+
+from shapes import DENSE_DECODE_CPU
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+BF16 = torch.bfloat16
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    """Every float tensor the launchers allocate with torch.empty starts as NaN, so an element
+    the kernels fail to write fails the comparison."""
+    real_empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.dtype.is_floating_point:
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("OPENMLA_BACKEND_DENSE_DECODE", "triton")
+
+
+@pytest.mark.parametrize("b,parts", [(1, 1), (3, 7), (5, 132), (128, 33), (300, 132), (700, 17)])
+def test_schedule_kernel_matches_reference(b, parts):
+    lengths = torch.randint(0, 9000, (b,), dtype=torch.int32, device=DEV)
+    lengths[::3] = 0
+    meta, num_splits = decode_schedule(lengths, parts)
+    want_meta, want_splits = schedule_ref(lengths.cpu(), parts)
+    assert torch.equal(meta.cpu(), want_meta) and torch.equal(num_splits.cpu(), want_splits)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_schedule_covers_every_block_exactly_once(seed):
+    g = torch.Generator().manual_seed(seed)
+    b = int(torch.randint(1, 40, (1,), generator=g))
+    parts = int(torch.randint(1, 50, (1,), generator=g))
+    lengths = torch.randint(0, 3000, (b,), generator=g, dtype=torch.int32)
+    meta, num_splits = schedule_ref(lengths, parts)
+    n_sched = [max(math.ceil(int(x) / BLOCK_N), 1) for x in lengths]
+    seen = [[0] * n for n in n_sched]
+    pieces = [0] * b
+    for p in range(parts):
+        begin, end, pos, payload = (int(v) for v in meta[p, :4])
+        for r in range(begin, end + 1):
+            lo = max(p * payload - pos - REQUEST_OVERHEAD, 0)
+            hi = min((p + 1) * payload - pos - REQUEST_OVERHEAD, n_sched[r])
+            assert lo < hi, "a part lists a request it has no block of"
+            for k in range(lo, hi):
+                seen[r][k] += 1
+            pieces[r] += 1
+            pos += REQUEST_OVERHEAD + n_sched[r]
+    assert all(c == 1 for row in seen for c in row)
+    assert num_splits.tolist() == [0] + list(torch.tensor(pieces).cumsum(0).tolist())
+    assert int(num_splits[-1]) <= b + parts  # sizes the accumulators
+
+
+def test_pick_config_is_a_pure_function_of_shape_and_device():
+    h100 = DeviceInfo("cuda", 90, 132, "H100")
+    cfg = pick_config(rows=256, h_kv=1, info=h100)  # s_q 2, h_q 128
+    assert (cfg.block_h, cfg.num_warps, cfg.num_parts) == (64, 8, 33)
+    cfg = pick_config(rows=16, h_kv=1, info=h100)  # memory-bound h_q 16
+    assert (cfg.block_h, cfg.num_parts) == (16, 132)
+    assert pick_config(rows=3, h_kv=2, info=h100).block_h == 16  # tl.dot needs M >= 16
+    assert pick_config(rows=16, h_kv=1, info=DeviceInfo("cpu", 0, 0)).num_parts >= 2
+
+
+@pytest.mark.parametrize("shape", DENSE_DECODE_CPU)
+def test_triton_kernel_vs_naive(shape, triton_backend, poisoned_outputs):
+    b, s_q, h_q, h_kv, s_k, pbs, causal, varlen, zero = shape
+    case = gen.dense_decode_inputs(b, s_q, h_q, s_k, h_kv=h_kv, page_block_size=pbs,
+                                   causal=causal, varlen=varlen, zero_seqlens=zero, device=DEV,
+                                   seed=hash(shape) % 997, non_contiguous=True)
+    assert select("dense_decode", device_info(DEV), {"d": 576}).name == "triton"
+    meta = openmla.get_mla_metadata()[0]
+    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                              tile_scheduler_metadata=meta)
+    assert meta.tile_scheduler_metadata is not None and meta.num_splits.shape == (b + 1,)
+    cpu_case = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in case.items()
+                if k != gen.EXTRAS}
+    r_out, r_lse = naive.naive_dense_decode(**gen.reference_kwargs("dense_decode", cpu_case))
+    tol = TOLERANCES["dense_decode"]
+    assert_close("out", out.cpu(), r_out.to(BF16), tol["out"])
+    assert_close("lse", lse.cpu(), r_lse.float(), tol["lse"])
+    # the same meta object again: the stored schedule is reused, the result is identical
+    stored = meta.tile_scheduler_metadata
+    out2, lse2 = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                tile_scheduler_metadata=meta)
+    assert meta.tile_scheduler_metadata is stored
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+def test_fp16_cache(triton_backend):
+    case = gen.dense_decode_inputs(2, 2, 4, 70, page_block_size=16, causal=True,
+                                   dtype=torch.float16, device=DEV, seed=3)
+    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                              tile_scheduler_metadata=openmla.get_mla_metadata()[0])
+    assert out.dtype == torch.float16
+    cpu_case = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in case.items()
+                if k != gen.EXTRAS}
+    r_out, r_lse = naive.naive_dense_decode(**gen.reference_kwargs("dense_decode", cpu_case))
+    assert_close("out", out.cpu(), r_out.half(), TOLERANCES["dense_decode"]["out"])
+    assert_close("lse", lse.cpu(), r_lse.float(), TOLERANCES["dense_decode"]["lse"])
+
+
+def test_library_ops_pass_opcheck():
+    case = gen.dense_decode_inputs(2, 2, 4, 40, page_block_size=16, causal=True, device=DEV,
+                                   seed=5)
+    lengths = case["cache_seqlens"]
+    torch.library.opcheck(_library.ops.decode_schedule.default, (lengths, 3))
+    meta, splits = _library.ops.decode_schedule(lengths, 3)
+    args = (case["q"], case["k_cache"], case["block_table"], lengths, meta, splits,
+            case["softmax_scale"], True, 512, 16, 4, 2)
+    torch.library.opcheck(_library.ops.dense_decode.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.gpu
+def test_cuda_uses_triton_without_upcast():
+    assert not interpreting()
+    assert select("dense_decode", device_info("cuda"), {"d": 576}).name == "triton"
+
+
+@pytest.mark.gpu
+def test_bitwise_deterministic_and_batch_invariant_schedule_reuse():
+    case = gen.dense_decode_inputs(74, 2, 64, 3000, h_kv=2, causal=True, varlen=True,
+                                   zero_seqlens=True, device="cuda", seed=9)
+    kw = gen.public_kwargs(case)
+    runs = [openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=openmla.get_mla_metadata()[0])
+            for _ in range(3)]
+    for out, lse in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(lse, runs[0][1])
+
+
+@pytest.mark.gpu
+def test_torch_compile_fullgraph_parity():
+    case = gen.dense_decode_inputs(8, 2, 16, 700, causal=True, varlen=True, device="cuda", seed=2)
+    kw = gen.public_kwargs(case)
+
+    def step(q, k_cache, block_table, cache_seqlens):
+        meta, _ = openmla.get_mla_metadata()
+        return openmla.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512, meta,
+                                              causal=True)
+
+    want = step(kw["q"], kw["k_cache"], kw["block_table"], kw["cache_seqlens"])
+    compiled = torch.compile(step, fullgraph=True)
+    got = compiled(kw["q"], kw["k_cache"], kw["block_table"], kw["cache_seqlens"])
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
