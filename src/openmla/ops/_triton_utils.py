@@ -2,8 +2,8 @@
 import triton
 import triton.language as tl
 
-BF16_LOW_BITS = 0xFFFF0000  # the bits of a float32 that survive in a bfloat16
-BF16_HALF_ULP = 0x7FFF
+BF16_LOW_BITS = tl.constexpr(0xFFFF0000)  # the bits of a float32 that survive in a bfloat16
+BF16_HALF_ULP = tl.constexpr(0x7FFF)
 
 
 @triton.jit

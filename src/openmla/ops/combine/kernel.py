@@ -7,8 +7,8 @@ import triton.language as tl
 
 from .._triton_utils import round_to_bf16_grid
 
-LN2 = 0.6931471805599453
-LOG2E = 1.4426950408889634
+LN2 = tl.constexpr(0.6931471805599453)
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit

@@ -13,8 +13,8 @@ import triton.language as tl
 
 from .._triton_utils import round_to_bf16_grid
 
-LN2 = 0.6931471805599453
-MAX_SENTINEL = -1.0e30  # running-max start: finite, so exp2(m_old - m_new) never sees -inf - -inf
+LN2 = tl.constexpr(0.6931471805599453)
+MAX_SENTINEL = tl.constexpr(-1.0e30)  # running-max start: finite, so exp2(m_old - m_new) never sees -inf - -inf
 
 
 @triton.jit

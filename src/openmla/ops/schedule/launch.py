@@ -7,8 +7,8 @@ import triton
 from .kernel import _decode_schedule_kernel
 from .ref import BLOCK_N, META_COLS, REQUEST_OVERHEAD
 
-# Requests handled per step of the schedule kernel's loops: [PARTS, CHUNK] comparisons per step.
-SCHEDULE_CHUNK = 256
+# Requests per step of the schedule kernel: [PARTS, CHUNK] comparisons live in registers (32: no spills at 256 parts).
+SCHEDULE_CHUNK = 32
 
 
 def decode_schedule(lengths: torch.Tensor, num_parts: int,

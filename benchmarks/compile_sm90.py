@@ -1,0 +1,95 @@
+"""Compile openmla's Triton kernels for Hopper (sm_90) on any machine, no GPU needed, and report
+registers, spills, shared memory and whether the matrix instructions are wgmma.
+
+    PYTHONPATH=src python benchmarks/compile_sm90.py
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from openmla.ops.combine.kernel import _decode_combine_kernel
+from openmla.ops.dense_decode.kernel import _dense_decode_kernel
+from openmla.ops.schedule.kernel import _decode_schedule_kernel
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def _signature(fn, pointers, floats=(), constexprs=None):
+    sig = {}
+    for name in fn.arg_names:
+        if constexprs and name in constexprs:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+        elif name in floats:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def build(fn, pointers, constexprs, floats=(), **options):
+    src = ASTSource(fn=fn, signature=_signature(fn, pointers, floats, constexprs),
+                    constexprs=constexprs)
+    return triton.compile(src, target=TARGET, options=options)
+
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def _ptxas_usage(ptx: str) -> tuple[str, str]:
+    """Registers and spill bytes as ptxas reports them for the PTX Triton generated."""
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        res = subprocess.run([PTXAS, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
+                             capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    text = res.stderr + res.stdout
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores", text)
+    return (regs.group(1) if regs else "?"), (spill.group(1) if spill else "?")
+
+
+def report(label, k):
+    ptx = k.asm["ptx"]
+    wgmma = len(re.findall(r"wgmma\.mma_async", ptx))
+    mma = len(re.findall(r"\bmma\.sync", ptx))
+    regs, spills = _ptxas_usage(ptx)
+    print(f"{label:48} regs {regs:>3}  spill-bytes {spills:>5}  smem {k.metadata.shared:6}  "
+          f"wgmma {wgmma:3}  mma.sync {mma:3}", flush=True)
+
+
+def main():
+    dense_ptrs = {"q_ptr": "*bf16", "k_ptr": "*bf16", "block_table_ptr": "*i32",
+                  "seqlens_ptr": "*i32", "meta_ptr": "*i32", "num_splits_ptr": "*i32",
+                  "out_ptr": "*bf16", "lse_ptr": "*fp32", "o_acc_ptr": "*fp32",
+                  "lse_acc_ptr": "*fp32"}
+    for bh, nw, ns, causal in [(16, 4, 2, False), (16, 4, 3, False), (64, 8, 2, True),
+                               (64, 8, 1, True), (32, 4, 2, False)]:
+        ce = dict(PAGE_SIZE=64, D_NOPE=512, D_ROPE=64, BLOCK_H=bh, BLOCK_N=64, OVERHEAD=5,
+                  META_COLS=8, CAUSAL=causal, UPCAST_DOT=False, ROUND_OUT=False)
+        k = build(_dense_decode_kernel, dense_ptrs, ce, floats=("scale_log2",), num_warps=nw,
+                  num_stages=ns)
+        report(f"dense_decode bh={bh} w={nw} st={ns} causal={causal}", k)
+    k = build(_decode_combine_kernel,
+              {"o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "num_splits_ptr": "*i32",
+               "sink_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32"},
+              dict(D_V=512, BLOCK_H=8, HAS_SINK=True, ROUND_OUT=False), num_warps=4)
+    report("combine", k)
+    k = build(_decode_schedule_kernel,
+              {"lengths_ptr": "*i32", "meta_ptr": "*i32", "num_splits_ptr": "*i32"},
+              dict(BLOCK_N=64, OVERHEAD=5, META_COLS=8, CHUNK=32, PARTS=256), num_warps=4)
+    report("schedule", k)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
