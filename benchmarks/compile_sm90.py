@@ -14,7 +14,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from openmla.ops.combine.kernel import _decode_combine_kernel
-from openmla.ops.dense_decode.kernel import _dense_decode_kernel
+from openmla.ops.dense_decode.kernel import _dense_decode_kernel, _dense_decode_tma_kernel
 from openmla.ops.schedule.kernel import _decode_schedule_kernel
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -79,6 +79,17 @@ def main():
         k = build(_dense_decode_kernel, dense_ptrs, ce, floats=("scale_log2",), num_warps=nw,
                   num_stages=ns)
         report(f"dense_decode bh={bh} w={nw} st={ns} causal={causal}", k)
+    tma_ptrs = {k: v for k, v in dense_ptrs.items() if k not in ("q_ptr", "k_ptr")}
+    for bh, nw, ns, causal in [(16, 4, 2, False), (64, 8, 2, True), (64, 8, 1, True)]:
+        ptrs = dict(tma_ptrs, q_desc=f"tensordesc<bf16[{bh},256]>",
+                    qr_desc=f"tensordesc<bf16[{bh},64]>", k_desc="tensordesc<bf16[1,64,256]>",
+                    kr_desc="tensordesc<bf16[1,64,64]>")
+        ce = dict(PAGE_SIZE=64, D_HALF=256, D_ROPE=64, BLOCK_H=bh, BLOCK_N=64, SCHED_N=64,
+                  OVERHEAD=5, META_COLS=8, CAUSAL=causal, UPCAST_DOT=False, ROUND_OUT=False,
+                  NUM_STAGES=ns)
+        k = build(_dense_decode_tma_kernel, ptrs, ce, floats=("scale_log2",), num_warps=nw,
+                  num_stages=ns)
+        report(f"dense_decode_tma bh={bh} w={nw} st={ns} causal={causal}", k)
     k = build(_decode_combine_kernel,
               {"o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "num_splits_ptr": "*i32",
                "sink_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32"},

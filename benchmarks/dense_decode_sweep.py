@@ -55,26 +55,36 @@ def main() -> int:
         why = compare(out, r_out.to(out.dtype), tol["out"]) or compare(lse, r_lse, tol["lse"])
         print(f"{name}: check {'PASS' if why is None else 'FAIL ' + why}", flush=True)
         del r_out, r_lse
-        base = pick_config(s_q * h_q, 1, device_info(dev))
+        base = pick_config(s_q * h_q, 1, device_info(dev), pbs)
         meta, splits = _library.ops.decode_schedule(kw["cache_seqlens"], base.num_parts)
-        variants = [(base.block_h, base.num_warps, base.num_stages)]
+        variants = [(base.block_h, base.num_warps, base.num_stages, base.use_tma)]
         if not args.quick:
-            bhs = sorted({base.block_h, 32, 64} & {16, 32, 64} if s_q * h_q >= 64 else {base.block_h})
-            variants += [v for v in itertools.product(bhs, (4, 8), (1, 2, 3, 4)) if v != variants[0]]
-        for bh, nw, ns in variants:
-            def call(bh=bh, nw=nw, ns=ns):
+            if s_q * h_q < 64:
+                grid_ = itertools.product([base.block_h], (4, 8), (2, 3, 4), (False, True))
+            else:
+                grid_ = itertools.product([64], (8,), (1, 2, 3), (False, True))
+            variants += [v for v in grid_ if v != variants[0] and (pbs % 64 == 0 or not v[3])]
+        for bh, nw, ns, tma in variants:
+            def call(bh=bh, nw=nw, ns=ns, tma=tma):
                 return _library.ops.dense_decode(kw["q"], kw["k_cache"], kw["block_table"],
                                                  kw["cache_seqlens"], meta, splits,
-                                                 kw["softmax_scale"], causal, 512, bh, nw, ns)
+                                                 kw["softmax_scale"], causal, 512, bh, 64, nw,
+                                                 ns, tma)
+            o2, l2 = call()
+            bad = compare(o2, out, tol["out"])
+            if bad:
+                print(f"  {name} bh={bh} w={nw} st={ns} tma={tma}: WRONG {bad}", flush=True)
             try:
                 t = time_fn(call, device=dev, budget_s=0.5, max_runs=50).p50
             except Exception as e:  # a config the compiler rejects (e.g. out of shared memory)
-                print(f"  {name} bh={bh} w={nw} st={ns}: {type(e).__name__}", flush=True)
+                print(f"  {name} bh={bh} w={nw} st={ns} tma={tma}: {type(e).__name__} {e}"[:300],
+                      flush=True)
                 continue
             tf, gb = fl / t / 1e6, by / t / 1e3
-            rows_out.append((name, bh, nw, ns, t, tf, gb, gb / ceil.copy_gbps, tf / ceil.matmul_tflops))
-            print(f"  {name} bh={bh} w={nw} st={ns}: {t:9.1f} us {tf:7.1f} TFLOPS {gb:7.0f} GB/s",
-                  flush=True)
+            rows_out.append((name, f"{bh}{'T' if tma else 'P'}", nw, ns, t, tf, gb,
+                             gb / ceil.copy_gbps, tf / ceil.matmul_tflops))
+            print(f"  {name} bh={bh} w={nw} st={ns} tma={tma}: {t:9.1f} us {tf:7.1f} TFLOPS "
+                  f"{gb:7.0f} GB/s", flush=True)
         # the whole public call (schedule + split + combine), default config
         pub = time_fn(lambda: openmla.flash_mla_with_kvcache(
             **kw, tile_scheduler_metadata=openmla.get_mla_metadata()[0]), device=dev,
@@ -83,6 +93,12 @@ def main() -> int:
                          by / pub / 1e3 / ceil.copy_gbps, fl / pub / 1e6 / ceil.matmul_tflops))
         del case, kw
         torch.cuda.empty_cache()
+    from openmla.ops.dense_decode.kernel import _dense_decode_kernel, _dense_decode_tma_kernel
+    for fn in (_dense_decode_kernel, _dense_decode_tma_kernel):
+        for cache in fn.device_caches.values():
+            for key, k in cache[0].items():
+                print(f"{fn.__name__}: warps {k.metadata.num_warps} stages {k.metadata.num_stages}"
+                      f" regs {k.n_regs} spills {k.n_spills} smem {k.metadata.shared}")
     print(f"\n{'shape':22} {'bh':>6} {'w':>2} {'st':>2} {'us':>9} {'TFLOPS':>7} {'GB/s':>6} "
           f"{'copy':>5} {'mm':>5}")
     for r in rows_out:

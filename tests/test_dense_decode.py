@@ -11,6 +11,7 @@ import openmla
 from openmla import _library
 from openmla.device import DeviceInfo, device_info, interpreting
 from openmla.dispatch import select
+from openmla.ops.dense_decode import launch as dd_launch
 from openmla.ops.dense_decode.config import pick_config
 from openmla.ops.schedule.launch import decode_schedule
 from openmla.ops.schedule.ref import BLOCK_N, REQUEST_OVERHEAD, schedule_ref
@@ -81,7 +82,10 @@ def test_schedule_covers_every_block_exactly_once(seed):
 def test_pick_config_is_a_pure_function_of_shape_and_device():
     h100 = DeviceInfo("cuda", 90, 132, "H100")
     cfg = pick_config(rows=256, h_kv=1, info=h100)  # s_q 2, h_q 128
-    assert (cfg.block_h, cfg.num_warps, cfg.num_parts) == (64, 8, 33)
+    assert (cfg.block_h, cfg.num_warps, cfg.num_parts, cfg.use_tma) == (64, 8, 33, True)
+    assert not pick_config(rows=256, h_kv=1, info=h100, page_size=16).use_tma
+    assert not pick_config(rows=256, h_kv=2, info=h100).use_tma
+    assert not pick_config(rows=256, h_kv=1, info=DeviceInfo("cuda", 80, 108, "A100")).use_tma
     cfg = pick_config(rows=16, h_kv=1, info=h100)  # memory-bound h_q 16
     assert (cfg.block_h, cfg.num_parts) == (16, 132)
     assert pick_config(rows=3, h_kv=2, info=h100).block_h == 16  # tl.dot needs M >= 16
@@ -89,16 +93,21 @@ def test_pick_config_is_a_pure_function_of_shape_and_device():
 
 
 @pytest.mark.parametrize("shape", DENSE_DECODE_CPU)
-def test_triton_kernel_vs_naive(shape, triton_backend, poisoned_outputs):
+def test_triton_kernel_vs_naive(shape, triton_backend, poisoned_outputs, monkeypatch):
     b, s_q, h_q, h_kv, s_k, pbs, causal, varlen, zero = shape
     case = gen.dense_decode_inputs(b, s_q, h_q, s_k, h_kv=h_kv, page_block_size=pbs,
                                    causal=causal, varlen=varlen, zero_seqlens=zero, device=DEV,
                                    seed=hash(shape) % 997, non_contiguous=True)
     assert select("dense_decode", device_info(DEV), {"d": 576}).name == "triton"
+    tma_calls = []
+    real_tma = dd_launch._launch_tma
+    monkeypatch.setattr(dd_launch, "_launch_tma", lambda *a: tma_calls.append(1) or real_tma(*a))
     meta = openmla.get_mla_metadata()[0]
     out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
                                               tile_scheduler_metadata=meta)
     assert meta.tile_scheduler_metadata is not None and meta.num_splits.shape == (b + 1,)
+    # the descriptor kernel runs exactly when one KV head meets pages that hold whole key tiles
+    assert bool(tma_calls) == (h_kv == 1 and pbs % 64 == 0)
     cpu_case = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in case.items()
                 if k != gen.EXTRAS}
     r_out, r_lse = naive.naive_dense_decode(**gen.reference_kwargs("dense_decode", cpu_case))
@@ -133,7 +142,7 @@ def test_library_ops_pass_opcheck():
     torch.library.opcheck(_library.ops.decode_schedule.default, (lengths, 3))
     meta, splits = _library.ops.decode_schedule(lengths, 3)
     args = (case["q"], case["k_cache"], case["block_table"], lengths, meta, splits,
-            case["softmax_scale"], True, 512, 16, 4, 2)
+            case["softmax_scale"], True, 512, 16, 64, 4, 2, True)
     torch.library.opcheck(_library.ops.dense_decode.default, args,
                           test_utils=("test_schema", "test_faketensor"))
 

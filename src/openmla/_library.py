@@ -16,7 +16,7 @@ _lib.define("decode_schedule(Tensor lengths, int num_parts) -> (Tensor, Tensor)"
 _lib.define(
     "dense_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, "
     "Tensor sched_meta, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v, "
-    "int block_h, int num_warps, int num_stages) -> (Tensor, Tensor)")
+    "int block_h, int block_n, int num_warps, int num_stages, bool use_tma) -> (Tensor, Tensor)")
 
 
 def _impl(name: str):
@@ -44,17 +44,18 @@ def _decode_schedule_fake(lengths, num_parts):
 
 @_impl("dense_decode")
 def _dense_decode(q, k_cache, block_table, cache_seqlens, sched_meta, num_splits, softmax_scale,
-                  causal, head_dim_v, block_h, num_warps, num_stages):
+                  causal, head_dim_v, block_h, block_n, num_warps, num_stages, use_tma):
     from .ops.dense_decode.launch import dense_decode_kernels
 
     return dense_decode_kernels(q, k_cache, block_table, cache_seqlens, sched_meta, num_splits,
-                                softmax_scale, causal, head_dim_v, block_h, num_warps,
-                                num_stages)
+                                softmax_scale, causal, head_dim_v, block_h, block_n, num_warps,
+                                num_stages, use_tma)
 
 
 @torch.library.register_fake(f"{NAMESPACE}::dense_decode")
 def _dense_decode_fake(q, k_cache, block_table, cache_seqlens, sched_meta, num_splits,
-                       softmax_scale, causal, head_dim_v, block_h, num_warps, num_stages):
+                       softmax_scale, causal, head_dim_v, block_h, block_n, num_warps, num_stages,
+                       use_tma):
     b, s_q, h_q, _ = q.shape
     return (q.new_empty(b, s_q, h_q, head_dim_v),
             q.new_empty(b, h_q, s_q, dtype=torch.float32))

@@ -10,8 +10,8 @@ from ... import _library
 from ...device import device_info, interpreting
 from ..combine.launch import decode_combine
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
-from .config import BLOCK_N, pick_config
-from .kernel import _dense_decode_kernel
+from .config import SCHED_N, pick_config
+from .kernel import _dense_decode_kernel, _dense_decode_tma_kernel
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -23,7 +23,7 @@ def dense_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: tor
     stores it in ``sched``, a FlashMLASchedMeta, for the next layers of the step)."""
     _, s_q, h_q, _ = q.shape
     h_kv = k_cache.shape[2]
-    cfg = pick_config(s_q * (h_q // h_kv), h_kv, device_info(q.device))
+    cfg = pick_config(s_q * (h_q // h_kv), h_kv, device_info(q.device), k_cache.shape[1])
     meta = num_splits = None
     if sched is not None and sched.tile_scheduler_metadata is not None:
         meta, num_splits = sched.tile_scheduler_metadata, sched.num_splits
@@ -34,12 +34,13 @@ def dense_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: tor
         if sched is not None:
             sched.tile_scheduler_metadata, sched.num_splits = meta, num_splits
     return _library.ops.dense_decode(q, k_cache, block_table, cache_seqlens, meta, num_splits,
-                                     softmax_scale, causal, head_dim_v, cfg.block_h,
-                                     cfg.num_warps, cfg.num_stages)
+                                     softmax_scale, causal, head_dim_v, cfg.block_h, cfg.block_n,
+                                     cfg.num_warps, cfg.num_stages, cfg.use_tma)
 
 
 def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
-                         softmax_scale, causal, head_dim_v, block_h, num_warps, num_stages):
+                         softmax_scale, causal, head_dim_v, block_h, block_n, num_warps,
+                         num_stages, use_tma):
     """Split kernel and combine for one call (the body of the ``openmla::dense_decode`` op)."""
     b, s_q, h_q, d = q.shape
     _, page_size, h_kv, _ = k_cache.shape
@@ -53,6 +54,12 @@ def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_split
     o_acc = torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
     lse_acc = torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device)
     grid = (-(-rows // block_h), h_kv, num_parts)
+    if use_tma and _tma_ok(q, k_cache, block_h, block_n):
+        _launch_tma(grid, q, k_cache, block_table, cache_seqlens, meta, num_splits, out, lse,
+                    o_acc, lse_acc, softmax_scale, causal, head_dim_v, block_h, block_n,
+                    num_warps, num_stages)
+        decode_combine(o_acc, lse_acc, num_splits, out, lse)
+        return out, lse
     _dense_decode_kernel[grid](
         q, k_cache, block_table, cache_seqlens, meta, num_splits,
         out, lse, o_acc, lse_acc,
@@ -65,9 +72,53 @@ def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_split
         o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
         lse_acc.stride(0), lse_acc.stride(1),
         PAGE_SIZE=page_size, D_NOPE=head_dim_v, D_ROPE=d - head_dim_v,
-        BLOCK_H=block_h, BLOCK_N=BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
+        BLOCK_H=block_h, BLOCK_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         CAUSAL=causal, UPCAST_DOT=interpreting(),
         ROUND_OUT=interpreting() and q.dtype == torch.bfloat16,
         num_warps=num_warps, num_stages=num_stages)
     decode_combine(o_acc, lse_acc, num_splits, out, lse)
     return out, lse
+
+
+TMA_ALIGN_BYTES = 16  # the copy engine needs 16-byte aligned bases and strides
+
+
+def _tma_ok(q, k_cache, block_h, block_n) -> bool:
+    """Whether the descriptor kernel can address these tensors (else the pointer kernel runs)."""
+    num_pages, page_size, h_kv, d = k_cache.shape
+    esize = k_cache.element_size()
+    return (h_kv == 1 and page_size % block_n == 0 and num_pages > 0
+            and k_cache.data_ptr() % TMA_ALIGN_BYTES == 0
+            and (k_cache.stride(0) * esize) % TMA_ALIGN_BYTES == 0
+            and (k_cache.stride(1) * esize) % TMA_ALIGN_BYTES == 0)
+
+
+def _launch_tma(grid, q, k_cache, block_table, cache_seqlens, meta, num_splits, out, lse, o_acc,
+                lse_acc, softmax_scale, causal, head_dim_v, block_h, block_n, num_warps,
+                num_stages):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    b, s_q, h_q, d = q.shape
+    num_pages, page_size, _, _ = k_cache.shape
+    half, d_rope = head_dim_v // 2, d - head_dim_v
+    q2 = q.contiguous().view(b * s_q * h_q, d)  # rows: request, token, head
+    k3 = k_cache[:, :, 0, :]  # [pages, page_size, d], strides kept (padded pages allowed)
+    k_strides = [k3.stride(0), k3.stride(1), 1]
+    q_desc = TensorDescriptor.from_tensor(q2, [block_h, half])
+    qr_desc = TensorDescriptor.from_tensor(q2, [block_h, d_rope])
+    k_desc = TensorDescriptor(k3, list(k3.shape), k_strides, [1, block_n, half])
+    kr_desc = TensorDescriptor(k3, list(k3.shape), k_strides, [1, block_n, d_rope])
+    _dense_decode_tma_kernel[grid](
+        q_desc, qr_desc, k_desc, kr_desc, block_table, cache_seqlens, meta, num_splits,
+        out, lse, o_acc, lse_acc,
+        softmax_scale * LOG2E, s_q, h_q,
+        block_table.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
+        lse_acc.stride(0), lse_acc.stride(1),
+        PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope,
+        BLOCK_H=block_h, BLOCK_N=block_n, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD,
+        META_COLS=META_COLS, CAUSAL=bool(causal) and s_q > 1, UPCAST_DOT=interpreting(),
+        ROUND_OUT=interpreting() and q.dtype == torch.bfloat16, NUM_STAGES=num_stages,
+        num_warps=num_warps, num_stages=num_stages)
