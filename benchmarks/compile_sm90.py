@@ -74,7 +74,7 @@ def main():
                   "lse_acc_ptr": "*fp32"}
     for bh, nw, ns, causal in [(16, 4, 2, False), (16, 4, 3, False), (64, 8, 2, True),
                                (64, 8, 1, True), (32, 4, 2, False)]:
-        ce = dict(PAGE_SIZE=64, D_NOPE=512, D_ROPE=64, BLOCK_H=bh, BLOCK_N=64, OVERHEAD=5,
+        ce = dict(PAGE_SIZE=64, D_NOPE=512, D_ROPE=64, BLOCK_H=bh, BLOCK_N=64, SCHED_N=64, OVERHEAD=5,
                   META_COLS=8, CAUSAL=causal, UPCAST_DOT=False, ROUND_OUT=False)
         k = build(_dense_decode_kernel, dense_ptrs, ce, floats=("scale_log2",), num_warps=nw,
                   num_stages=ns)

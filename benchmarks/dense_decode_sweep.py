@@ -56,35 +56,41 @@ def main() -> int:
         print(f"{name}: check {'PASS' if why is None else 'FAIL ' + why}", flush=True)
         del r_out, r_lse
         base = pick_config(s_q * h_q, 1, device_info(dev), pbs)
-        meta, splits = _library.ops.decode_schedule(kw["cache_seqlens"], base.num_parts)
-        variants = [(base.block_h, base.num_warps, base.num_stages, base.use_tma)]
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        variants = [(base.block_h, base.block_n, base.num_warps, base.num_stages, base.use_tma, 1)]
         if not args.quick:
-            if s_q * h_q < 64:
-                grid_ = itertools.product([base.block_h], (4, 8), (2, 3, 4), (False, True))
+            if s_q * h_q < 64:  # memory-bound: (bh, bn, warps, stages, tma, parts per SM slot)
+                grid_ = itertools.product([base.block_h], (32, 64), (8,), (2, 3, 4), (False, True),
+                                          (1, 2))
             else:
-                grid_ = itertools.product([64], (8,), (1, 2, 3), (False, True))
-            variants += [v for v in grid_ if v != variants[0] and (pbs % 64 == 0 or not v[3])]
-        for bh, nw, ns, tma in variants:
-            def call(bh=bh, nw=nw, ns=ns, tma=tma):
+                grid_ = itertools.product([64], (32, 64), (8,), (2, 3), (True,), (1, 2))
+            variants += [v for v in grid_ if v != variants[0] and (pbs % 64 == 0 or not v[4])]
+        schedules = {}
+        for bh, bn, nw, ns, tma, mult in variants:
+            if mult not in schedules:
+                schedules[mult] = _library.ops.decode_schedule(
+                    kw["cache_seqlens"], mult * max(sms // (-(-s_q * h_q // bh)), 1))
+            meta, splits = schedules[mult]
+
+            def call(bh=bh, bn=bn, nw=nw, ns=ns, tma=tma, meta=meta, splits=splits):
                 return _library.ops.dense_decode(kw["q"], kw["k_cache"], kw["block_table"],
                                                  kw["cache_seqlens"], meta, splits,
-                                                 kw["softmax_scale"], causal, 512, bh, 64, nw,
+                                                 kw["softmax_scale"], causal, 512, bh, bn, nw,
                                                  ns, tma)
-            o2, l2 = call()
-            bad = compare(o2, out, tol["out"])
-            if bad:
-                print(f"  {name} bh={bh} w={nw} st={ns} tma={tma}: WRONG {bad}", flush=True)
+            tag = f"bh={bh} bn={bn} w={nw} st={ns} tma={tma} x{mult}"
             try:
+                o2, l2 = call()
+                bad = compare(o2, out, tol["out"]) or compare(l2, lse, tol["lse"])
+                if bad:
+                    print(f"  {name} {tag}: WRONG {bad}", flush=True)
                 t = time_fn(call, device=dev, budget_s=0.5, max_runs=50).p50
             except Exception as e:  # a config the compiler rejects (e.g. out of shared memory)
-                print(f"  {name} bh={bh} w={nw} st={ns} tma={tma}: {type(e).__name__} {e}"[:300],
-                      flush=True)
+                print(f"  {name} {tag}: {type(e).__name__} {e}"[:300], flush=True)
                 continue
             tf, gb = fl / t / 1e6, by / t / 1e3
-            rows_out.append((name, f"{bh}{'T' if tma else 'P'}", nw, ns, t, tf, gb,
+            rows_out.append((name, f"{bh}/{bn}{'T' if tma else 'P'}x{mult}", nw, ns, t, tf, gb,
                              gb / ceil.copy_gbps, tf / ceil.matmul_tflops))
-            print(f"  {name} bh={bh} w={nw} st={ns} tma={tma}: {t:9.1f} us {tf:7.1f} TFLOPS "
-                  f"{gb:7.0f} GB/s", flush=True)
+            print(f"  {name} {tag}: {t:9.1f} us {tf:7.1f} TFLOPS {gb:7.0f} GB/s", flush=True)
         # the whole public call (schedule + split + combine), default config
         pub = time_fn(lambda: openmla.flash_mla_with_kvcache(
             **kw, tile_scheduler_metadata=openmla.get_mla_metadata()[0]), device=dev,
@@ -99,10 +105,10 @@ def main() -> int:
             for key, k in cache[0].items():
                 print(f"{fn.__name__}: warps {k.metadata.num_warps} stages {k.metadata.num_stages}"
                       f" regs {k.n_regs} spills {k.n_spills} smem {k.metadata.shared}")
-    print(f"\n{'shape':22} {'bh':>6} {'w':>2} {'st':>2} {'us':>9} {'TFLOPS':>7} {'GB/s':>6} "
+    print(f"\n{'shape':22} {'config':>10} {'w':>2} {'st':>2} {'us':>9} {'TFLOPS':>7} {'GB/s':>6} "
           f"{'copy':>5} {'mm':>5}")
     for r in rows_out:
-        print(f"{r[0]:22} {r[1]!s:>6} {r[2]!s:>2} {r[3]!s:>2} {r[4]:9.1f} {r[5]:7.1f} {r[6]:6.0f} "
+        print(f"{r[0]:22} {r[1]!s:>10} {r[2]!s:>2} {r[3]!s:>2} {r[4]:9.1f} {r[5]:7.1f} {r[6]:6.0f} "
               f"{r[7]:5.2f} {r[8]:5.2f}")
     return 0
 

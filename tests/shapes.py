@@ -12,8 +12,8 @@ DENSE_DECODE_CPU = [
     (2, 3, 3, 1, 20, 7, True, True, False),
     (1, 2, 8, 8, 70, 64, False, False, False),
     (2, 1, 2, 1, 5, 256, False, True, True),
-    (3, 2, 8, 1, 150, 64, True, True, True),  # h_kv 1, page 64: the descriptor (TMA) kernel
-    (2, 1, 16, 1, 300, 128, False, True, False),
+    (3, 2, 32, 1, 150, 64, True, True, True),  # 64 rows, h_kv 1, page 64: descriptor kernel
+    (2, 1, 64, 1, 300, 128, False, True, False),
 ]
 DENSE_DECODE_GPU = [
     (b, s_q, h_q, h_kv, s_k, pbs, causal, varlen, zero)

@@ -63,8 +63,9 @@ def _dense_decode_kernel(
     stride_oa_piece, stride_oa_t, stride_oa_h,  # o_acc [pieces, s_q, h_q, D_V], last dim 1
     stride_la_piece, stride_la_t,  # lse_acc [pieces, s_q, h_q], last dim 1
     PAGE_SIZE: tl.constexpr, D_NOPE: tl.constexpr, D_ROPE: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, OVERHEAD: tl.constexpr,
-    META_COLS: tl.constexpr, CAUSAL: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, SCHED_N: tl.constexpr,
+    OVERHEAD: tl.constexpr, META_COLS: tl.constexpr, CAUSAL: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
     ROUND_OUT: tl.constexpr,  # round to bf16 by hand (interpreter casts truncate)
 ):
     pid_row = tl.program_id(0)
@@ -92,11 +93,13 @@ def _dense_decode_kernel(
     for r in range(begin_req, end_req + 1):
         r64 = tl.full([], 0, tl.int64) + r  # 64-bit row offsets (b * stride can pass 2^31)
         seqlen = tl.load(seqlens_ptr + r)
-        n_blocks = (seqlen + BLOCK_N - 1) // BLOCK_N
+        n_blocks = (seqlen + SCHED_N - 1) // SCHED_N
         n_sched = tl.maximum(n_blocks, 1)
         blk_lo = tl.maximum(part_lo - line_pos - OVERHEAD, 0)
-        blk_hi = tl.minimum(part_hi - line_pos - OVERHEAD, n_sched)
-        blk_hi = tl.minimum(blk_hi, n_blocks)
+        blk_hi = tl.minimum(tl.minimum(part_hi - line_pos - OVERHEAD, n_sched), n_blocks)
+        # key tiles of BLOCK_N inside this part's scheduling blocks
+        blk_lo = blk_lo * (SCHED_N // BLOCK_N)
+        blk_hi = tl.minimum(blk_hi * (SCHED_N // BLOCK_N), (seqlen + BLOCK_N - 1) // BLOCK_N)
         # bottom-right causal: the last row of the tile sees keys up to seqlen - s_q + t_max
         if CAUSAL:
             t_max = (tl.minimum(pid_row * BLOCK_H + BLOCK_H, rows) - 1) // group

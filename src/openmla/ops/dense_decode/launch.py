@@ -72,7 +72,8 @@ def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_split
         o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
         lse_acc.stride(0), lse_acc.stride(1),
         PAGE_SIZE=page_size, D_NOPE=head_dim_v, D_ROPE=d - head_dim_v,
-        BLOCK_H=block_h, BLOCK_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
+        BLOCK_H=block_h, BLOCK_N=block_n, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD,
+        META_COLS=META_COLS,
         CAUSAL=causal, UPCAST_DOT=interpreting(),
         ROUND_OUT=interpreting() and q.dtype == torch.bfloat16,
         num_warps=num_warps, num_stages=num_stages)
