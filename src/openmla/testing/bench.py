@@ -329,13 +329,15 @@ def _decode_call(mod: Any, kwargs: dict[str, Any]) -> Callable[[], Any]:
 
 
 def _dense_decode_case(b: int, s_q: int, h_q: int, s_k: int, causal: bool,
-                       page_block_size: int = 64, h_kv: int = 1) -> BenchCase:
-    config = (f"b={b} s_q={s_q} h_q={h_q} h_kv={h_kv} s_k={s_k} pbs={page_block_size}"
-              + (" causal" if causal else ""))
+                       page_block_size: int = 64, h_kv: int = 1,
+                       varlen: bool = False) -> BenchCase:
+    config = (f"b={b} s_q={s_q} h_q={h_q} h_kv={h_kv} s_k={s_k}{'~varlen' if varlen else ''} "
+              f"pbs={page_block_size}" + (" causal" if causal else ""))
 
     def build(device: torch.device, providers: Sequence[str]) -> Workload:
         case = G.dense_decode_inputs(b, s_q, h_q, s_k, h_kv=h_kv, causal=causal,
-                                     page_block_size=page_block_size, device=device)
+                                     page_block_size=page_block_size, varlen=varlen,
+                                     device=device)
         kw = G.public_kwargs(case)
         seqlens = case[G.EXTRAS]["seqlens"]
         d, dv = kw["q"].shape[-1], kw["head_dim_v"]
@@ -456,6 +458,11 @@ def gpu_cases() -> list[BenchCase]:
     dense_s_k, b = 8192, 128
     cases = [_dense_decode_case(b, 1, h_q, dense_s_k, causal=False) for h_q in (16, 64, 128)]
     cases.append(_dense_decode_case(b, 2, 128, dense_s_k, causal=True))
+    # issue-3 report shapes: short context, wide-spread varlen (mean 4096), page size 16
+    cases.append(_dense_decode_case(b, 1, 128, 1024, causal=False))
+    cases.append(_dense_decode_case(b, 1, 128, 4096, causal=False, varlen=True))
+    cases.append(_dense_decode_case(b, 1, 16, dense_s_k, causal=False, page_block_size=16))
+    cases.append(_dense_decode_case(b, 2, 128, dense_s_k, causal=True, page_block_size=16))
     v32_s_k, v32_topk = 32768, 2048
     cases += [_sparse_decode_case(b, s_q, 128, v32_s_k, v32_topk) for s_q in (1, 2)]
     cases.append(_sparse_decode_case(b, 1, 64, v32_s_k, v32_topk))
