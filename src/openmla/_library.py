@@ -17,6 +17,10 @@ _lib.define(
     "dense_decode(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, "
     "Tensor sched_meta, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v, "
     "int block_h, int block_n, int num_warps, int num_stages, bool use_tma) -> (Tensor, Tensor)")
+_lib.define(
+    "dense_decode_gluon(Tensor q, Tensor k_cache, Tensor block_table, Tensor cache_seqlens, "
+    "Tensor sched_meta, Tensor num_splits, float softmax_scale, bool causal, int head_dim_v, "
+    "int stages) -> (Tensor, Tensor)")
 
 
 def _impl(name: str):
@@ -61,4 +65,46 @@ def _dense_decode_fake(q, k_cache, block_table, cache_seqlens, sched_meta, num_s
             q.new_empty(b, h_q, s_q, dtype=torch.float32))
 
 
+@_impl("dense_decode_gluon")
+def _dense_decode_gluon(q, k_cache, block_table, cache_seqlens, sched_meta, num_splits,
+                        softmax_scale, causal, head_dim_v, stages):
+    from .ops.dense_decode.launch import dense_decode_gluon_kernels
+
+    return dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, sched_meta,
+                                      num_splits, softmax_scale, causal, head_dim_v, stages)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::dense_decode_gluon")
+def _dense_decode_gluon_fake(q, k_cache, block_table, cache_seqlens, sched_meta, num_splits,
+                             softmax_scale, causal, head_dim_v, stages):
+    b, s_q, h_q, _ = q.shape
+    return (q.new_empty(b, s_q, h_q, head_dim_v),
+            q.new_empty(b, h_q, s_q, dtype=torch.float32))
+
+
 ops = torch.ops.openmla
+
+
+# --- sparse prefill (ops/sparse_prefill) ------------------------------------------------------
+_lib.define(
+    "sparse_prefill(Tensor q, Tensor kv, Tensor indices, Tensor? attn_sink, Tensor? topk_length, "
+    "float sm_scale, int d_v, int block_h, int block_n, int num_warps, int num_stages) "
+    "-> (Tensor, Tensor, Tensor)")
+
+
+@_impl("sparse_prefill")
+def _sparse_prefill(q, kv, indices, attn_sink, topk_length, sm_scale, d_v, block_h, block_n,
+                    num_warps, num_stages):
+    from .ops.sparse_prefill.launch import sparse_prefill_kernel
+
+    return sparse_prefill_kernel(q, kv, indices, attn_sink, topk_length, sm_scale, d_v, block_h,
+                                 block_n, num_warps, num_stages)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::sparse_prefill")
+def _sparse_prefill_fake(q, kv, indices, attn_sink, topk_length, sm_scale, d_v, block_h, block_n,
+                         num_warps, num_stages):
+    s_q, h_q, _ = q.shape
+    return (q.new_empty(s_q, h_q, d_v),
+            q.new_empty(s_q, h_q, dtype=torch.float32),
+            q.new_empty(s_q, h_q, dtype=torch.float32))

@@ -22,6 +22,31 @@ def run_triton(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, he
                                head_dim_v, sched)
 
 
+def run_gluon(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, head_dim_v,
+              sched=None):
+    from .launch import dense_decode_gluon, dense_decode_triton, gluon_ok
+
+    if not gluon_ok(q, k_cache):  # e.g. padded pages: the portable kernel takes them
+        return dense_decode_triton(q, k_cache, block_table, cache_seqlens, softmax_scale, causal,
+                                   head_dim_v, sched)
+    return dense_decode_gluon(q, k_cache, block_table, cache_seqlens, softmax_scale, causal,
+                              head_dim_v, sched)
+
+
+GLUON_MIN_ROWS = 64  # s_q * h_q: the Gluon kernel computes 64-row wgmma tiles
+
+
+def gluon_supports(info, problem) -> bool:
+    """Hopper, one KV head, pages of whole 64-key tiles, at least one full 64-row query tile."""
+    if not (info.is_hopper and not interpreting() and triton_available()):
+        return False
+    if not problem:  # `openmla info`: the device alone
+        return True
+    rows = problem.get("s_q", 0) * problem.get("h_q", 0) // max(problem.get("h_kv", 1), 1)
+    return (problem.get("d") == D_QK_KERNEL and problem.get("h_kv") == 1
+            and problem.get("page_block_size", 0) % 64 == 0 and rows >= GLUON_MIN_ROWS)
+
+
 def triton_supports(info, problem) -> bool:
     """CUDA / ROCm devices, or CPU tensors under the Triton interpreter; d_qk 576."""
     on_device = info.kind == "cuda" or (info.kind == "cpu" and interpreting())
@@ -30,3 +55,4 @@ def triton_supports(info, problem) -> bool:
 
 register("dense_decode", "reference", run_reference, lambda info, problem: True)
 register("dense_decode", "triton", run_triton, triton_supports)
+register("dense_decode", "gluon", run_gluon, gluon_supports)

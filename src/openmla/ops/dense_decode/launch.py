@@ -14,28 +14,51 @@ from .config import SCHED_N, pick_config
 from .kernel import _dense_decode_kernel, _dense_decode_tma_kernel
 
 LOG2E = 1.0 / math.log(2.0)
+GLUON_BLOCK_H = 64  # query rows per CTA: one wgmma M tile
+GLUON_BLOCK_N = 64  # keys per tile
+GLUON_STAGES = 2  # key-tile ring depth: Q (72 KiB) + 2 x K (72 KiB) + P fill 227 KiB of smem
+GLUON_PV_REGS = 232  # registers a thread of the PV warpgroup keeps (its 64x256 fp32 accumulator)
+GLUON_LOAD_REGS = 40  # the TMA-issuing warp needs few
+
+
+def _schedule(sched, cache_seqlens: torch.Tensor, num_parts: int):
+    """The schedule stored in ``sched`` (a FlashMLASchedMeta) when it fits this launch, else a
+    new one computed on the device and stored there for the next layers of the step."""
+    if sched is not None and sched.tile_scheduler_metadata is not None:
+        meta, num_splits = sched.tile_scheduler_metadata, sched.num_splits
+        if meta.shape[0] == num_parts and meta.device == cache_seqlens.device:
+            return meta, num_splits
+    meta, num_splits = _library.ops.decode_schedule(cache_seqlens, num_parts)
+    if sched is not None:
+        sched.tile_scheduler_metadata, sched.num_splits = meta, num_splits
+    return meta, num_splits
 
 
 def dense_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
                         cache_seqlens: torch.Tensor, softmax_scale: float, causal: bool,
                         head_dim_v: int, sched=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backend entry: picks the launch configuration, reuses or computes the schedule (and
-    stores it in ``sched``, a FlashMLASchedMeta, for the next layers of the step)."""
+    """The portable backend: picks the launch configuration and the schedule, then runs the
+    split and combine kernels (one torch.library op)."""
     _, s_q, h_q, _ = q.shape
     h_kv = k_cache.shape[2]
     cfg = pick_config(s_q * (h_q // h_kv), h_kv, device_info(q.device), k_cache.shape[1])
-    meta = num_splits = None
-    if sched is not None and sched.tile_scheduler_metadata is not None:
-        meta, num_splits = sched.tile_scheduler_metadata, sched.num_splits
-        if meta.shape[0] != cfg.num_parts or meta.device != q.device:
-            meta = None  # made for another device or launch shape: schedule again
-    if meta is None:
-        meta, num_splits = _library.ops.decode_schedule(cache_seqlens, cfg.num_parts)
-        if sched is not None:
-            sched.tile_scheduler_metadata, sched.num_splits = meta, num_splits
+    meta, num_splits = _schedule(sched, cache_seqlens, cfg.num_parts)
     return _library.ops.dense_decode(q, k_cache, block_table, cache_seqlens, meta, num_splits,
                                      softmax_scale, causal, head_dim_v, cfg.block_h, cfg.block_n,
                                      cfg.num_warps, cfg.num_stages, cfg.use_tma)
+
+
+def dense_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
+                       cache_seqlens: torch.Tensor, softmax_scale: float, causal: bool,
+                       head_dim_v: int, sched=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Hopper backend (``gluon_kernel.py``): 64-row tiles, one KV head."""
+    _, s_q, h_q, _ = q.shape
+    row_tiles = -(-(s_q * h_q) // GLUON_BLOCK_H)
+    num_parts = max(device_info(q.device).num_sms // row_tiles, 1)
+    meta, num_splits = _schedule(sched, cache_seqlens, num_parts)
+    return _library.ops.dense_decode_gluon(q, k_cache, block_table, cache_seqlens, meta,
+                                           num_splits, softmax_scale, causal, head_dim_v,
+                                           GLUON_STAGES)
 
 
 def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
@@ -123,3 +146,57 @@ def _launch_tma(grid, q, k_cache, block_table, cache_seqlens, meta, num_splits, 
         META_COLS=META_COLS, CAUSAL=bool(causal) and s_q > 1, UPCAST_DOT=interpreting(),
         ROUND_OUT=interpreting() and q.dtype == torch.bfloat16, NUM_STAGES=num_stages,
         num_warps=num_warps, num_stages=num_stages)
+
+
+def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether the Gluon kernel can address these tensors: one KV head, pages of whole key
+    tiles stored without padding (2-D descriptor over the cache), 16-byte aligned bases."""
+    num_pages, page_size, h_kv, d = k_cache.shape
+    return (h_kv == 1 and num_pages > 0 and page_size % GLUON_BLOCK_N == 0
+            and k_cache.stride(1) == d and k_cache.stride(0) == page_size * d
+            and k_cache.data_ptr() % TMA_ALIGN_BYTES == 0)
+
+
+def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
+                               softmax_scale, causal, head_dim_v, stages):
+    """Gluon split kernel and combine for one call (the ``openmla::dense_decode_gluon`` op)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .gluon_kernel import _dense_decode_gluon_kernel
+
+    b, s_q, h_q, d = q.shape
+    num_pages, page_size, _, _ = k_cache.shape
+    rows = s_q * h_q
+    num_parts = meta.shape[0]
+    half, d_rope = head_dim_v // 2, d - head_dim_v
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
+    pieces = b + num_parts
+    o_acc = torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
+    lse_acc = torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device)
+    gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    q2 = q.contiguous().view(b * rows, d)
+    k2 = k_cache.view(num_pages * page_size, d)
+
+    def desc(t, block):
+        layout = gl.NVMMASharedLayout.get_default_for(block, gdt)
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+    grid = (-(-rows // GLUON_BLOCK_H), 1, num_parts)
+    _dense_decode_gluon_kernel[grid](
+        desc(q2, [GLUON_BLOCK_H, half]), desc(q2, [GLUON_BLOCK_H, d_rope]),
+        desc(k2, [GLUON_BLOCK_N, half]), desc(k2, [GLUON_BLOCK_N, d_rope]),
+        block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
+        softmax_scale * LOG2E, s_q, h_q,
+        block_table.stride(0),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
+        lse_acc.stride(0), lse_acc.stride(1),
+        PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
+        BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
+        CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=GLUON_PV_REGS,
+        LOAD_REGS=GLUON_LOAD_REGS, num_warps=4)
+    decode_combine(o_acc, lse_acc, num_splits, out, lse)
+    return out, lse

@@ -1,8 +1,11 @@
 """Sparse MLA prefill over a flat BF16 KV (SPEC §2.3)."""
 import torch
 
+from ...device import interpreting, triton_available
 from ...dispatch import register
 from .ref import sparse_prefill_ref
+
+D_QK_KERNEL = (512, 576)  # MODEL1 (V = all 512 dims) and V3.2 (512 latent + 64 RoPE)
 
 
 def run_reference(q, kv, indices, sm_scale, d_v, attn_sink=None, topk_length=None):
@@ -12,4 +15,17 @@ def run_reference(q, kv, indices, sm_scale, d_v, attn_sink=None, topk_length=Non
     return out.to(torch.bfloat16), max_logits, lse
 
 
+def run_triton(q, kv, indices, sm_scale, d_v, attn_sink=None, topk_length=None):
+    from .launch import sparse_prefill_triton  # imports triton only when a kernel runs
+
+    return sparse_prefill_triton(q, kv, indices, sm_scale, d_v, attn_sink, topk_length)
+
+
+def triton_supports(info, problem) -> bool:
+    """CUDA / ROCm devices, or CPU tensors under the Triton interpreter; d_qk 512 or 576."""
+    on_device = info.kind == "cuda" or (info.kind == "cpu" and interpreting())
+    return on_device and problem.get("d_qk", 576) in D_QK_KERNEL and triton_available()
+
+
 register("sparse_prefill", "reference", run_reference, lambda info, problem: True)
+register("sparse_prefill", "triton", run_triton, triton_supports)

@@ -1,0 +1,365 @@
+"""Hopper (sm90) fast path of dense MLA decode in Gluon: warp-specialized, one KV head.
+
+Same split-KV contract as the portable kernel (``kernel.py``: schedule, pieces, combine), with the
+work of a 64-row query tile spread over three partitions that hand tiles through shared memory:
+
+* load (1 warp): TMA copies of the tile's Q (once per request) and of each key tile (two 256-wide
+  NoPE halves and the 64-wide RoPE part) into a ring of STAGES buffers, gated by mbarriers;
+* softmax warpgroup (the default partition): S = Q·Kᵀ with wgmma from shared memory, masks,
+  online softmax (base 2), publishes P (bf16) and the rescale factor of each row, and accumulates
+  the left half of the output, O_L = O_L·α + P·V[:, :256];
+* PV warpgroup: O_R = O_R·α + P·V[:, 256:] with P read from shared memory.
+
+Splitting the 64×512 fp32 output over two warpgroups keeps each accumulator at 128 registers a
+thread (SPEC §6.1); while the softmax warpgroup does its exponentials the other one keeps the
+tensor cores busy. Unused cache rows may hold NaN: the last, partial key tile of a request has its
+V rows past the sequence end zeroed in shared memory before any P·V reads them.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+LN2 = gl.constexpr(0.6931471805599453)
+MAX_SENTINEL = gl.constexpr(-1.0e30)
+
+
+@gluon.jit
+def _request_blocks(seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
+                    BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr,
+                    OVERHEAD: gl.constexpr, CAUSAL: gl.constexpr):
+    """Key tiles [t_lo, t_hi) of request r inside this part (identical in every partition)."""
+    seqlen = gl.load(seqlens_ptr + r)
+    n_blocks = (seqlen + SCHED_N - 1) // SCHED_N
+    n_sched = gl.maximum(n_blocks, 1)
+    blk_lo = gl.maximum(part_lo - line_pos - OVERHEAD, 0)
+    blk_hi = gl.minimum(gl.minimum(part_hi - line_pos - OVERHEAD, n_sched), n_blocks)
+    t_lo = blk_lo * (SCHED_N // BLOCK_N)
+    t_hi = gl.minimum(blk_hi * (SCHED_N // BLOCK_N), (seqlen + BLOCK_N - 1) // BLOCK_N)
+    if CAUSAL:
+        t_max = (gl.minimum(pid_row * BLOCK_H + BLOCK_H, rows) - 1) // h_q
+        t_hi = gl.minimum(t_hi, gl.maximum(seqlen - s_q + t_max + BLOCK_N, 0) // BLOCK_N)
+    return seqlen, n_sched, t_lo, t_hi
+
+
+@gluon.jit
+def _store_half(acc, l_i, m_i, r, tok, head, mask_r, offs_d, line_pos, n_sched, payload,
+                pid_part, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+                stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
+                OVERHEAD: gl.constexpr, WRITE_LSE: gl.constexpr):
+    """Write one 256-wide half of a request's result for this tile: final output (+ lse) when
+    the request is one piece, else this piece into the accumulators for the combine kernel."""
+    has_keys = l_i > 0.0
+    safe_l = gl.where(has_keys, l_i, 1.0)
+    o = acc / gl.expand_dims(safe_l, 1)
+    first_part = (line_pos + OVERHEAD) // payload
+    last_part = (line_pos + OVERHEAD + n_sched - 1) // payload
+    r64 = r.to(gl.int64)
+    tok2 = gl.expand_dims(tok, 1)
+    head2 = gl.expand_dims(head, 1)
+    d2 = gl.expand_dims(offs_d, 0)
+    mask2 = gl.expand_dims(mask_r, 1)
+    if first_part == last_part:
+        ptrs = out_ptr + r64 * stride_ob + tok2 * stride_ot + head2 * stride_oh + d2
+        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=mask2)
+        if WRITE_LSE:
+            lse = gl.where(has_keys, (m_i + gl.log2(safe_l)) * LN2, float("inf"))
+            gl.store(lse_ptr + r * stride_lb + head * stride_lh + tok * stride_lt, lse,
+                     mask=mask_r)
+    else:
+        piece = gl.load(num_splits_ptr + r) + pid_part - first_part
+        acc_ptrs = (o_acc_ptr + piece.to(gl.int64) * stride_oa_piece + tok2 * stride_oa_t
+                    + head2 * stride_oa_h + d2)
+        gl.store(acc_ptrs, o, mask=mask2)
+        if WRITE_LSE:
+            lse2 = gl.where(has_keys, m_i + gl.log2(safe_l), float("-inf"))
+            gl.store(lse_acc_ptr + piece * stride_la_piece + tok * stride_la_t + head, lse2,
+                     mask=mask_r)
+
+
+@gluon.jit
+def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
+                    q_ready, q_free, k_ready, k_free,
+                    block_table_ptr, seqlens_ptr, meta_ptr, s_q, h_q, stride_bt,
+                    PAGE_SIZE: gl.constexpr, D_HALF: gl.constexpr, BLOCK_H: gl.constexpr,
+                    BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr, OVERHEAD: gl.constexpr,
+                    META_COLS: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    pid_row = gl.program_id(0)
+    pid_part = gl.program_id(2)
+    rows = s_q * h_q
+    meta = meta_ptr + pid_part * META_COLS
+    begin_req = gl.load(meta + 0)
+    end_req = gl.load(meta + 1)
+    line_pos = gl.load(meta + 2)
+    payload = gl.load(meta + 3)
+    part_lo = pid_part * payload
+    part_hi = part_lo + payload
+    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
+    k_bytes: gl.constexpr = 2 * k_desc.block_type.nbytes + kr_desc.block_type.nbytes
+    it = 0
+    rq = 0
+    for r in range(begin_req, end_req + 1):
+        seqlen, n_sched, t_lo, t_hi = _request_blocks(
+            seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
+            BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
+        q_row = r * rows + pid_row * BLOCK_H
+        mbarrier.wait(q_free, (rq & 1) ^ 1)
+        mbarrier.expect(q_ready, q_bytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
+        tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
+        tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
+        bt_row = block_table_ptr + r.to(gl.int64) * stride_bt
+        for t in range(t_lo, t_hi):
+            s = it % STAGES
+            mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
+            key0 = t * BLOCK_N
+            page = gl.load(bt_row + key0 // PAGE_SIZE)
+            k_row = page * PAGE_SIZE + key0 % PAGE_SIZE
+            mbarrier.expect(k_ready.index(s), k_bytes)
+            tma.async_copy_global_to_shared(k_desc, [k_row, 0], k_ready.index(s), k_s.index(2 * s))
+            tma.async_copy_global_to_shared(k_desc, [k_row, D_HALF], k_ready.index(s),
+                                            k_s.index(2 * s + 1))
+            tma.async_copy_global_to_shared(kr_desc, [k_row, 2 * D_HALF], k_ready.index(s),
+                                            kr_s.index(s))
+            it += 1
+        line_pos += OVERHEAD + n_sched
+        rq += 1
+
+
+@gluon.jit
+def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+                       p_ready, p_free,
+                       seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr,
+                       lse_acc_ptr, scale_log2, s_q, h_q,
+                       stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                       stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
+                       D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                       SCHED_N: gl.constexpr, OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
+                       CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D_HALF, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+    # V rows past the sequence end are zeroed through registers in this layout
+    zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
+
+    pid_row = gl.program_id(0)
+    pid_part = gl.program_id(2)
+    rows = s_q * h_q
+    meta = meta_ptr + pid_part * META_COLS
+    begin_req = gl.load(meta + 0)
+    end_req = gl.load(meta + 1)
+    line_pos = gl.load(meta + 2)
+    payload = gl.load(meta + 3)
+    part_lo = pid_part * payload
+    part_hi = part_lo + payload
+
+    rows_s = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_s)
+    last_off_s = rows_s // h_q  # token of each row, for the causal mask
+    offs_n = gl.arange(0, BLOCK_N, layout=col_s)
+    rows_o = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
+    mask_o = rows_o < rows
+    tok_o = rows_o // h_q
+    head_o = rows_o % h_q
+    offs_d = gl.arange(0, D_HALF, layout=col_o)
+    zrow = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, zero_layout))
+
+    it = 0
+    msg = 0
+    rq = 0
+    for r in range(begin_req, end_req + 1):
+        seqlen, n_sched, t_lo, t_hi = _request_blocks(
+            seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
+            BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
+        row_last = seqlen - s_q + last_off_s  # [BLOCK_H] last key each row may see
+        mbarrier.wait(q_ready, rq & 1)
+        m_i = gl.full([BLOCK_H], MAX_SENTINEL, gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_s)
+        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        for t in range(t_lo, t_hi):
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            k0 = k_s.index(2 * s)
+            k1 = k_s.index(2 * s + 1)
+            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
+            sc = warpgroup_mma(q_s.index(0), k0.permute((1, 0)), sc, use_acc=False,
+                               is_async=True)
+            sc = warpgroup_mma(q_s.index(1), k1.permute((1, 0)), sc, is_async=True)
+            sc = warpgroup_mma(qr_s, kr_s.index(s).permute((1, 0)), sc, is_async=True)
+            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+            key0 = t * BLOCK_N
+            keys = key0 + offs_n
+            valid = gl.expand_dims(keys < seqlen, 0)
+            if CAUSAL:
+                valid = valid & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_last, 1))
+            sc = gl.where(valid, sc * scale_log2, float("-inf"))
+            if key0 + BLOCK_N > seqlen:
+                # zero the V rows past the sequence end (both halves) before any P·V reads them
+                keep = gl.expand_dims(key0 + zrow < seqlen, 1)
+                for half in gl.static_range(2):
+                    buf = k_s.index(2 * s + half)
+                    buf.store(gl.where(keep, buf.load(zero_layout), 0.0))
+                fence_async_shared()
+            m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+            p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            p16 = p.to(k_s.dtype)
+            # hand P and the rescale factors to the PV warpgroup
+            mbarrier.wait(p_free, (msg & 1) ^ 1)
+            p_s.store(p16)
+            a_s.store(alpha)
+            fence_async_shared()
+            mbarrier.arrive(p_ready, count=1)
+            msg += 1
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            acc = warpgroup_mma(gl.convert_layout(p16, p_layout), k0, acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(k_free.index(s), count=1)
+            it += 1
+        mbarrier.arrive(q_free, count=1)
+        # final message of the request: the row sums, for the PV warpgroup's normalisation
+        mbarrier.wait(p_free, (msg & 1) ^ 1)
+        a_s.store(l_i)
+        mbarrier.arrive(p_ready, count=1)
+        msg += 1
+        _store_half(acc, gl.convert_layout(l_i, row_o), gl.convert_layout(m_i, row_o), r, tok_o,
+                    head_o, mask_o, offs_d, line_pos, n_sched, payload, pid_part,
+                    num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+                    stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                    stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
+                    OVERHEAD, True)
+        line_pos += OVERHEAD + n_sched
+        rq += 1
+
+
+@gluon.jit
+def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
+                  seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr,
+                  lse_acc_ptr, s_q, h_q,
+                  stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                  stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
+                  D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                  SCHED_N: gl.constexpr, OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
+                  CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D_HALF, 16])
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+    pid_row = gl.program_id(0)
+    pid_part = gl.program_id(2)
+    rows = s_q * h_q
+    meta = meta_ptr + pid_part * META_COLS
+    begin_req = gl.load(meta + 0)
+    end_req = gl.load(meta + 1)
+    line_pos = gl.load(meta + 2)
+    payload = gl.load(meta + 3)
+    part_lo = pid_part * payload
+    part_hi = part_lo + payload
+    rows_o = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
+    mask_o = rows_o < rows
+    tok_o = rows_o // h_q
+    head_o = rows_o % h_q
+    offs_d = D_HALF + gl.arange(0, D_HALF, layout=col_o)
+    it = 0
+    msg = 0
+    for r in range(begin_req, end_req + 1):
+        seqlen, n_sched, t_lo, t_hi = _request_blocks(
+            seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
+            BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
+        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        for t in range(t_lo, t_hi):
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            mbarrier.wait(p_ready, msg & 1)
+            alpha = a_s.load(row_o)
+            acc = acc * gl.expand_dims(alpha, 1)
+            acc = warpgroup_mma(p_s, k_s.index(2 * s + 1), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(p_free, count=1)
+            mbarrier.arrive(k_free.index(s), count=1)
+            msg += 1
+            it += 1
+        mbarrier.wait(p_ready, msg & 1)
+        l_i = a_s.load(row_o)
+        mbarrier.arrive(p_free, count=1)
+        msg += 1
+        _store_half(acc, l_i, l_i, r, tok_o, head_o, mask_o, offs_d, line_pos, n_sched, payload,
+                    pid_part, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+                    stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                    stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
+                    OVERHEAD, False)
+        line_pos += OVERHEAD + n_sched
+
+
+@gluon.jit
+def _dense_decode_gluon_kernel(
+    q_desc, qr_desc, k_desc, kr_desc,
+    block_table_ptr, seqlens_ptr, meta_ptr, num_splits_ptr,
+    out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+    scale_log2, s_q, h_q,
+    stride_bt,
+    stride_ob, stride_ot, stride_oh,
+    stride_lb, stride_lh, stride_lt,
+    stride_oa_piece, stride_oa_t, stride_oa_h,
+    stride_la_piece, stride_la_t,
+    PAGE_SIZE: gl.constexpr, D_HALF: gl.constexpr, D_ROPE: gl.constexpr,
+    BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr,
+    OVERHEAD: gl.constexpr, META_COLS: gl.constexpr, CAUSAL: gl.constexpr,
+    STAGES: gl.constexpr, PV_REGS: gl.constexpr, LOAD_REGS: gl.constexpr,
+):
+    dtype: gl.constexpr = k_desc.dtype
+    q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], q_desc.layout)
+    qr_s = gl.allocate_shared_memory(dtype, [BLOCK_H, D_ROPE], qr_desc.layout)
+    k_s = gl.allocate_shared_memory(dtype, [2 * STAGES, BLOCK_N, D_HALF], k_desc.layout)
+    kr_s = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D_ROPE], kr_desc.layout)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
+    p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
+    a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
+                                    gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_ready, count=1)
+    mbarrier.init(q_free, count=1)
+    mbarrier.init(p_ready, count=1)
+    mbarrier.init(p_free, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
+    fence_async_shared()
+
+    gl.warp_specialize([
+        (_softmax_partition, (q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+                              p_ready, p_free, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
+                              lse_ptr, o_acc_ptr, lse_acc_ptr, scale_log2, s_q, h_q,
+                              stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                              stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
+                              stride_la_t, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD,
+                              META_COLS, CAUSAL, STAGES)),
+        (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, seqlens_ptr, meta_ptr,
+                         num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, s_q, h_q,
+                         stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                         stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
+                         stride_la_t, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, META_COLS,
+                         CAUSAL, STAGES)),
+        (_load_partition, (q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s, q_ready,
+                           q_free, k_ready, k_free, block_table_ptr, seqlens_ptr, meta_ptr, s_q,
+                           h_q, stride_bt, PAGE_SIZE, D_HALF, BLOCK_H, BLOCK_N, SCHED_N,
+                           OVERHEAD, META_COLS, CAUSAL, STAGES)),
+    ], [4, 1], [PV_REGS, LOAD_REGS])
