@@ -108,3 +108,35 @@ def _sparse_prefill_fake(q, kv, indices, attn_sink, topk_length, sm_scale, d_v, 
     return (q.new_empty(s_q, h_q, d_v),
             q.new_empty(s_q, h_q, dtype=torch.float32),
             q.new_empty(s_q, h_q, dtype=torch.float32))
+
+
+# --- sparse decode (ops/sparse_decode) --------------------------------------------------------
+# lse comes back as a contiguous [b, s_q, h_q] buffer; the Python wrapper returns its
+# [b, h_q, s_q] transposed view (FlashMLA's layout), so the op itself returns no views.
+_lib.define(
+    "sparse_decode(Tensor q, Tensor k_cache, Tensor indices, Tensor sched_meta, "
+    "Tensor num_splits, float softmax_scale, int head_dim_v, Tensor? attn_sink, "
+    "Tensor? topk_length, Tensor? extra_k_cache, Tensor? extra_indices_in_kvcache, "
+    "Tensor? extra_topk_length, int block_h, int block_n, int num_warps, int num_stages) "
+    "-> (Tensor, Tensor)")
+
+
+@_impl("sparse_decode")
+def _sparse_decode(q, k_cache, indices, sched_meta, num_splits, softmax_scale, head_dim_v,
+                   attn_sink, topk_length, extra_k_cache, extra_indices_in_kvcache,
+                   extra_topk_length, block_h, block_n, num_warps, num_stages):
+    from .ops.sparse_decode.launch import sparse_decode_kernels
+
+    return sparse_decode_kernels(q, k_cache, indices, sched_meta, num_splits, softmax_scale,
+                                 head_dim_v, attn_sink, topk_length, extra_k_cache,
+                                 extra_indices_in_kvcache, extra_topk_length, block_h, block_n,
+                                 num_warps, num_stages)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::sparse_decode")
+def _sparse_decode_fake(q, k_cache, indices, sched_meta, num_splits, softmax_scale, head_dim_v,
+                        attn_sink, topk_length, extra_k_cache, extra_indices_in_kvcache,
+                        extra_topk_length, block_h, block_n, num_warps, num_stages):
+    b, s_q, h_q, _ = q.shape
+    return (q.new_empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16),
+            q.new_empty(b, s_q, h_q, dtype=torch.float32))

@@ -1,8 +1,11 @@
 """Sparse MLA decode over the FP8 KV cache (SPEC §2.2, §2.4)."""
 import torch
 
+from ...device import interpreting, triton_available
 from ...dispatch import register
 from .ref import sparse_decode_ref
+
+D_QK_KERNEL = (576, 512)  # V32 and MODEL1 layouts
 
 
 def run_reference(q, k_cache, indices, sm_scale, head_dim_v, attn_sink=None, topk_length=None,
@@ -16,4 +19,22 @@ def run_reference(q, k_cache, indices, sm_scale, head_dim_v, attn_sink=None, top
     return out.to(torch.bfloat16), lse.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def run_triton(q, k_cache, indices, sm_scale, head_dim_v, attn_sink=None, topk_length=None,
+               extra_k_cache=None, extra_indices_in_kvcache=None, extra_topk_length=None,
+               sched=None):
+    from .launch import sparse_decode_triton  # imports triton only when a kernel runs
+
+    return sparse_decode_triton(q, k_cache, indices, sm_scale, head_dim_v, attn_sink,
+                                topk_length, extra_k_cache, extra_indices_in_kvcache,
+                                extra_topk_length, sched)
+
+
+def triton_supports(info, problem) -> bool:
+    """CUDA / ROCm devices, or CPU tensors under the Triton interpreter; both FP8 layouts."""
+    on_device = info.kind == "cuda" or (info.kind == "cpu" and interpreting())
+    return (on_device and problem.get("d_qk", D_QK_KERNEL[0]) in D_QK_KERNEL
+            and triton_available())
+
+
 register("sparse_decode", "reference", run_reference, lambda info, problem: True)
+register("sparse_decode", "triton", run_triton, triton_supports)

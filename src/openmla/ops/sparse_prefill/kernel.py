@@ -103,13 +103,14 @@ def _sparse_prefill_kernel(
     has_keys = l_i > 0.0  # [BLOCK_H] rows that saw at least one valid index
     safe_l = tl.where(has_keys, l_i, 1.0)
     lse2 = m_i + tl.log2(safe_l)  # [BLOCK_H] base-2 lse (meaningless where not has_keys)
+    # lonely rows: acc is 0 (invalid rows were read as zeros) and safe_l is 1, so o is 0
     o = acc / safe_l[:, None]  # [BLOCK_H, D_NOPE]
     if HAS_SINK:
-        # out · 1 / (1 + e^(σ - lse)): σ = +inf gives 0, σ = -inf gives 1
+        # out · 1 / (1 + e^(σ - lse)): σ = +inf gives 0, σ = -inf gives 1; a lonely row takes
+        # lse 0 here so the factor stays finite and its output 0 whatever the sink
         sink = tl.load(sink_ptr + offs_h * stride_sink, mask=mask_h, other=float("-inf"))
         factor = 1.0 / (1.0 + tl.exp2(sink * LOG2E - tl.where(has_keys, lse2, 0.0)))
         o = o * factor[:, None]
-    o = tl.where(has_keys[:, None], o, 0.0)  # lonely rows: 0 whatever the sink
     if ROUND_OUT:
         o = round_to_bf16_grid(o)
     o_ptrs = out_ptr + tok * stride_ot + offs_h[:, None] * stride_oh + offs_dn[None, :]

@@ -1,0 +1,323 @@
+"""Sparse FP8 decode: the portable Triton split kernel + combine against the independent loop
+implementation (CPU: under the Triton interpreter, tiny shapes) for both cache layouts, the
+schedule lengths, the launch configuration, schedule reuse through the meta object, batch
+invariance, the torch.library registration, and on CUDA FlashMLA-like shapes against the
+float32 reference, run-to-run bitwise determinism and torch.compile parity."""
+import pytest
+import torch
+
+import openmla
+from openmla import _library
+from openmla.device import DeviceInfo, device_info, interpreting
+from openmla.dispatch import select
+from openmla.ops.sparse_decode import config as sd_config
+from openmla.ops.sparse_decode.config import pick_config
+from openmla.ops.sparse_decode.launch import schedule_lengths
+from openmla.ops.sparse_decode.ref import sparse_decode_ref
+from openmla.testing import generate as gen
+from openmla.testing import naive
+from openmla.testing.compare import TOLERANCES, assert_close
+
+from shapes import SPARSE_DECODE_GPU
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+BF16 = torch.bfloat16
+INF = float("inf")
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    """Every float tensor the launchers allocate with torch.empty starts as NaN, so an element
+    the kernels fail to write fails the comparison."""
+    real_empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.dtype.is_floating_point:
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_DECODE", "triton")
+
+
+def _case(d_qk, b, s_q, h_q, s_k, topk, pbs, extra=None, topk_length=False,
+          extra_topk_length=False, all_invalid=False, zero_seqlens=False, sinks=(),
+          zero_lengths=(), lengths=None, seed=0, device=DEV):
+    """A generated case; ``extra`` = (extra_topk, extra_s_k, extra_pbs); ``sinks`` overrides the
+    first sink values (e.g. +inf, -inf, finite); ``zero_lengths`` sets those requests'
+    topk_length to 0 and ``lengths`` (with ``topk_length=False``) gives every request's: fewer
+    attended slots than generated, so no NaN-poisoned token gets used."""
+    kw = {}
+    if extra is not None:
+        kw = dict(extra_topk=extra[0], extra_s_k=extra[1], extra_page_block_size=extra[2],
+                  with_extra_topk_length=extra_topk_length)
+    case = gen.sparse_decode_inputs(b, s_q, h_q, s_k, topk, d_qk=d_qk, page_block_size=pbs,
+                                    with_topk_length=topk_length, all_invalid=all_invalid,
+                                    zero_seqlens=zero_seqlens, device=device, seed=seed,
+                                    non_contiguous=True, **kw)
+    for i, value in enumerate(sinks):
+        case["attn_sink"][i] = value
+    if lengths is not None:
+        case["topk_length"] = torch.tensor(lengths, dtype=torch.int32, device=device)
+    for i in zero_lengths:
+        case["topk_length"][i] = 0
+    return case
+
+
+def _meta():
+    return openmla.get_mla_metadata()[0]
+
+
+def _naive(case):
+    cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in case.items()
+           if k != gen.EXTRAS}
+    out, lse = naive.naive_sparse_decode(**gen.reference_kwargs("sparse_decode", cpu))
+    return out.to(BF16), lse.float()
+
+
+def _check(out, lse, want_out, want_lse):
+    tol = TOLERANCES["sparse_decode"]
+    assert_close("out", out.cpu(), want_out, tol["out"])
+    assert_close("lse", lse.cpu(), want_lse, tol["lse"])
+
+
+def _op_args(case, meta, splits, block_n=64):
+    """Positional arguments of ``openmla::sparse_decode`` for a generated case."""
+    h_q = case["q"].shape[2]
+    return (case["q"], case["k_cache"], case["indices"], meta, splits, case["softmax_scale"], 512,
+            case["attn_sink"], case["topk_length"], case["extra_k_cache"],
+            case["extra_indices_in_kvcache"], case["extra_topk_length"],
+            pick_config(h_q, 1, DeviceInfo("cpu", 0, 0)).block_h, block_n, 8, 1)
+
+
+def _schedule(case, num_parts):
+    idx, e_idx = case["indices"], case["extra_indices_in_kvcache"]
+    lengths = schedule_lengths(idx.shape[0], idx.shape[-1], case["topk_length"],
+                               None if e_idx is None else e_idx.shape[-1],
+                               case["extra_topk_length"], idx.device)
+    return _library.ops.decode_schedule(lengths, num_parts)
+
+
+# ---- configuration and schedule lengths (pure) ------------------------------------------------
+
+def test_pick_config_is_a_pure_function_of_shape_and_device():
+    h100 = DeviceInfo("cuda", 90, 132, "H100")
+    cfg = pick_config(128, 2, h100)  # V3.2 production: two 64-head tiles per token
+    assert (cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_parts) == (64, 64, 8, 33)
+    assert pick_config(64, 1, h100).num_parts == 132
+    assert pick_config(16, 1, h100).block_h == 16
+    assert pick_config(8, 3, h100).block_h == 16  # tl.dot needs M >= 16
+    assert pick_config(1, 1, h100).block_h == 16
+    assert pick_config(32, 1, h100).block_h == 32
+    assert pick_config(128, 4, DeviceInfo("cuda", 90, 4, "tiny")).num_parts == 1
+    assert pick_config(16, 1, DeviceInfo("cpu", 0, 0)).num_parts >= 2
+
+
+def test_schedule_lengths_follow_spec():
+    tl = torch.tensor([0, 1, 64, 65, 100], dtype=torch.int32)
+    assert schedule_lengths(5, 100, tl, None, None, "cpu").tolist() == [0, 1, 64, 65, 100]
+    assert schedule_lengths(2, 70, None, None, None, "cpu").tolist() == [70, 70]
+    etl = torch.tensor([0, 5, 3, 0, 200], dtype=torch.int32)
+    # roundup(max(T, 1), 64) + T' ; T' = extra_topk_length or extra_topk
+    assert schedule_lengths(5, 100, tl, 200, etl, "cpu").tolist() == [64, 69, 67, 128, 328]
+    assert schedule_lengths(5, 100, tl, 30, None, "cpu").tolist() == [94, 94, 94, 158, 158]
+
+
+# ---- the kernel against the loop implementation (interpreter on CPU) ---------------------------
+
+# (d_qk, b, s_q, h_q, s_k, topk, pbs, extra, topk_length, extra_topk_length, all_invalid,
+#  zero_seqlens, sinks, zero_lengths, num_parts)
+CPU_CASES = [
+    # V32: topk not a multiple of 64, odd page size, sinks +inf / -inf / finite, split requests
+    (576, 2, 1, 16, 150, 130, 61, None, False, False, False, False, (INF, -INF, 0.5), (), 7),
+    # V32: page size 1, three tokens, topk_length with a zero, 8 heads
+    (576, 3, 3, 8, 60, 40, 1, None, True, False, False, False, (INF, -INF), (1,), 3),
+    # V32: every index invalid (lonely rows: out 0, lse +inf whatever the sink), split
+    (576, 2, 1, 16, 300, 200, 64, None, False, False, True, False, (INF, -INF, 1.0), (), 7),
+    # V32 with an extra cache (extra_topk_length given), one head
+    (576, 2, 1, 1, 90, 70, 2, (50, 80, 61), True, True, False, False, (), (), 3),
+    # MODEL1: page size 2, topk_length incl. 0, extra cache with extra_topk_length, 16 heads
+    (512, 2, 1, 16, 120, 100, 2, (40, 80, 64), True, True, False, False, (INF, -INF), (0,), 5),
+    # MODEL1: three tokens, extra cache without extra_topk_length, page size 61
+    (512, 2, 3, 8, 60, 40, 61, (70, 100, 2), False, False, False, False, (-INF,), (), 3),
+    # MODEL1: no extra cache, page size 64, one head, half the requests empty (all -1)
+    (512, 3, 1, 1, 150, 96, 64, None, True, False, False, True, (), (), 4),
+    # MODEL1: everything invalid in both caches, sink +inf
+    (512, 2, 1, 8, 50, 30, 2, (20, 40, 1), False, False, True, False, (INF,), (), 3),
+]
+
+
+@pytest.mark.parametrize("shape", CPU_CASES)
+def test_triton_kernel_vs_naive(shape, triton_backend, poisoned_outputs, monkeypatch):
+    (d_qk, b, s_q, h_q, s_k, topk, pbs, extra, tl, etl, inv, zero, sinks, zero_lengths,
+     parts) = shape
+    monkeypatch.setattr(sd_config, "INTERPRETER_PARTS", parts)
+    case = _case(d_qk, b, s_q, h_q, s_k, topk, pbs, extra, tl, etl, inv, zero, sinks,
+                 zero_lengths, seed=hash(shape) % 997)
+    assert select("sparse_decode", device_info(DEV), {"d_qk": d_qk}).name == "triton"
+    meta = openmla.get_mla_metadata()[0]
+    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                              tile_scheduler_metadata=meta)
+    assert out.shape == (b, s_q, h_q, 512) and out.dtype == BF16
+    assert lse.shape == (b, h_q, s_q) and lse.stride() == (s_q * h_q, 1, h_q)
+    assert meta.num_splits.shape == (b + 1,)
+    if DEV == "cpu" and parts >= 7:  # these cases are chosen so that the schedule splits
+        assert int((meta.num_splits[1:] - meta.num_splits[:-1]).max()) >= 2
+    want_parts = parts if DEV == "cpu" else pick_config(h_q, s_q, device_info(DEV)).num_parts
+    assert meta.tile_scheduler_metadata.shape[0] == want_parts
+    _check(out, lse, *_naive(case))
+    # the same meta object again: the stored schedule is reused, the result is identical
+    stored = meta.tile_scheduler_metadata
+    out2, lse2 = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                tile_scheduler_metadata=meta)
+    assert meta.tile_scheduler_metadata is stored
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+@pytest.mark.parametrize("d_qk,extra,etl", [(576, None, False), (576, (60, 90, 1), False),
+                                            (512, (70, 90, 2), True)])
+def test_split_requests_are_combined_with_sink(d_qk, extra, etl, poisoned_outputs):
+    """A schedule that cuts requests into several pieces: the combine merges them and applies
+    the sink (+inf, -inf, finite); one request has topk_length 0."""
+    case = _case(d_qk, 3, 2, 16, 400, 260, 61, extra, extra_topk_length=etl,
+                 sinks=(INF, -INF, 0.25), lengths=(260, 0, 150), seed=11)
+    meta, splits = _schedule(case, 9)
+    pieces = (splits[1:] - splits[:-1]).tolist()
+    assert max(pieces) >= 2, pieces
+    out, lse = _library.ops.sparse_decode(*_op_args(case, meta, splits))
+    _check(out, lse.transpose(1, 2), *_naive(case))
+
+
+@pytest.mark.parametrize("d_qk", [576, 512])
+def test_out_of_range_indices_are_invalid(d_qk, triton_backend, poisoned_outputs):
+    """Besides -1, any index < 0 or >= num_blocks * pbs is invalid and never dereferenced."""
+    case = _case(d_qk, 2, 2, 8, 80, 70, 5, None if d_qk == 576 else (30, 40, 3), sinks=(-INF,),
+                 seed=13)
+    for key, cache in (("indices", case["k_cache"]), ("extra_indices_in_kvcache",
+                                                      case["extra_k_cache"])):
+        if cache is None:
+            continue
+        num_tokens = cache.shape[0] * cache.shape[1]
+        idx = case[key]
+        idx[0, 0, :3] = torch.tensor([num_tokens, 2**31 - 1, -7], dtype=torch.int32)
+        idx[1, 1, :] = num_tokens + 3  # a whole row out of range: lonely unless extra helps
+    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                              tile_scheduler_metadata=_meta())
+    _check(out, lse, *_naive(case))
+
+
+def test_quarter_tiles_match(poisoned_outputs):
+    """32-slot inner tiles (two per scheduling block) give the same answer as the naive loops,
+    across a main / extra boundary and split pieces."""
+    case = _case(512, 2, 1, 16, 200, 100, 3, (45, 60, 5), topk_length=True, seed=5,
+                 sinks=(0.0,))
+    meta, splits = _schedule(case, 5)
+    out, lse = _library.ops.sparse_decode(*_op_args(case, meta, splits, block_n=32))
+    _check(out, lse.transpose(1, 2), *_naive(case))
+
+
+@pytest.mark.parametrize("d_qk,extra", [(576, None), (512, (30, 50, 2))])
+def test_batch_invariance_without_splits(d_qk, extra):
+    """A request's output is bitwise the same alone and inside a larger batch when neither run
+    splits it (a one-part schedule; CPU interpreter and CUDA alike). With a split schedule the
+    pieces, and so the last bits, depend on the batch, as in FlashMLA."""
+    case = _case(d_qk, 3, 2, 16, 150, 100, 61, extra, topk_length=True, sinks=(INF, -INF),
+                 seed=3)
+    batched = ("q", "indices", "topk_length", "extra_indices_in_kvcache", "extra_topk_length")
+    big = _library.ops.sparse_decode(*_op_args(case, *_schedule(case, 1)))
+    for i in range(3):
+        one = {k: (v[i:i + 1] if k in batched and v is not None else v) for k, v in case.items()}
+        alone = _library.ops.sparse_decode(*_op_args(one, *_schedule(one, 1)))
+        assert torch.equal(alone[0], big[0][i:i + 1]) and torch.equal(alone[1], big[1][i:i + 1])
+
+
+def test_misaligned_cache_is_rejected(triton_backend):
+    case = _case(576, 1, 1, 16, 40, 16, 4, seed=2)
+    cache = case["k_cache"]
+    raw = cache.view(torch.uint8)
+    store = torch.zeros(raw.shape[0] * raw.stride(0) + 2, dtype=torch.uint8, device=DEV)
+    shifted = torch.as_strided(store, raw.shape, raw.stride(), 2)  # base address 2 bytes off
+    shifted.copy_(raw)
+    kw = gen.public_kwargs(case)
+    kw["k_cache"] = shifted.view(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="k_cache: expected a base address"):
+        openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=_meta())
+
+
+def test_library_op_passes_opcheck():
+    case = _case(512, 2, 1, 16, 60, 40, 2, (20, 30, 4), topk_length=True, seed=7)
+    meta, splits = _schedule(case, 3)
+    # uint8 views of the caches (accepted like float8_e4m3fn): opcheck compares inputs before and
+    # after the call with arithmetic that float8 tensors do not implement on the CPU
+    for key in ("k_cache", "extra_k_cache"):
+        case[key] = case[key].view(torch.uint8)
+    torch.library.opcheck(_library.ops.sparse_decode.default, _op_args(case, meta, splits),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# ---- CUDA ---------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_cuda_uses_triton_without_upcast():
+    assert not interpreting()
+    assert select("sparse_decode", device_info("cuda"), {"d_qk": 576}).name == "triton"
+    assert select("sparse_decode", device_info("cuda"), {"d_qk": 512}).name == "triton"
+
+
+def _gpu_case(shape, seed=0):
+    d_qk, b, s_q, h_q, s_k, topk, pbs, extra, tl, etl, inv, zero = shape
+    return _case(d_qk, b, s_q, h_q, s_k, topk, pbs, extra, tl, etl, inv, zero, seed=seed,
+                 device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SPARSE_DECODE_GPU)
+def test_triton_kernel_vs_reference_gpu(shape, triton_backend):
+    case = _gpu_case(shape)
+    meta = openmla.get_mla_metadata()[0]
+    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                              tile_scheduler_metadata=meta)
+    torch.cuda.synchronize()
+    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    tol = TOLERANCES["sparse_decode"]
+    assert_close("out", out, r_out.to(BF16), tol["out"])
+    assert_close("lse", lse, r_lse, tol["lse"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [
+    (576, 74, 3, 128, 2046, 2048, 64, None, False, False, False, False),
+    (512, 74, 2, 64, 1024, 576, 61, (512, 1024, 2), True, True, False, True),
+    (576, 4, 1, 16, 512, 64, 2, None, False, False, True, False),
+])
+def test_bitwise_deterministic_gpu(shape, triton_backend):
+    kw = gen.public_kwargs(_gpu_case(shape, seed=9))
+    runs = [openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=_meta()) for _ in range(3)]
+    for out, lse in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(lse, runs[0][1])
+
+
+@pytest.mark.gpu
+def test_torch_compile_fullgraph_parity_gpu(triton_backend):
+    case = _gpu_case((512, 8, 2, 64, 1024, 576, 61, (512, 1024, 2), True, True, False, False))
+    kw = gen.public_kwargs(case)
+
+    def step(q, k_cache, indices, attn_sink, topk_length, extra_k_cache, extra_indices,
+             extra_topk_length):
+        meta, _ = openmla.get_mla_metadata()
+        return openmla.flash_mla_with_kvcache(
+            q, k_cache, None, None, 512, meta, softmax_scale=kw["softmax_scale"],
+            is_fp8_kvcache=True, indices=indices, attn_sink=attn_sink, extra_k_cache=extra_k_cache,
+            extra_indices_in_kvcache=extra_indices, topk_length=topk_length,
+            extra_topk_length=extra_topk_length)
+
+    args = (kw["q"], kw["k_cache"], kw["indices"], kw["attn_sink"], kw["topk_length"],
+            kw["extra_k_cache"], kw["extra_indices_in_kvcache"], kw["extra_topk_length"])
+    want = step(*args)
+    got = torch.compile(step, fullgraph=True)(*args)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -1,0 +1,262 @@
+"""Sparse prefill: the portable Triton kernel against the independent loop implementation (CPU:
+under the Triton interpreter, tiny shapes), its launch configuration, dispatch and torch.library
+registration; on CUDA against the float32 reference at FlashMLA's shapes, run-to-run bitwise
+determinism, s_q past 65535, torch.compile parity and CUDA-graph replay."""
+import pytest
+import torch
+
+import openmla
+from openmla import _library
+from openmla.device import DeviceInfo, device_info, interpreting
+from openmla.dispatch import select
+from openmla.ops.sparse_prefill import triton_supports
+from openmla.ops.sparse_prefill.config import pick_config
+from openmla.ops.sparse_prefill.ref import sparse_prefill_ref
+from openmla.testing import generate as gen
+from openmla.testing import naive
+from openmla.testing.compare import TOLERANCES, assert_close
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+BF16 = torch.bfloat16
+INT_MIN, INT_MAX = -2147483648, 2147483647
+TOL = TOLERANCES["sparse_prefill"]
+
+# (d_qk, s_q, s_kv, h_q, topk, topk_length, sink, all_invalid, non_contiguous); CPU tier: each
+# case one interpreter launch of well under a second
+CPU_CASES = [
+    (576, 3, 300, 3, 70, True, True, True, True),  # topk crosses a 64-slot chunk, not a multiple
+    (512, 2, 200, 16, 64, False, False, False, False),  # d_qk 512: V is the whole vector
+    (576, 3, 20, 1, 50, False, True, False, False),  # topk > s_kv: rows padded with invalid values
+    (512, 4, 30, 3, 40, True, True, True, True),  # d_qk 512, padding, lengths, lonely rows
+    (576, 2, 150, 16, 24, True, False, False, True),
+    (576, 2, 60, 72, 20, False, True, False, False),  # two head blocks, the second mostly masked
+    (512, 3, 9, 8, 1, True, True, False, True),  # topk 1, 8 heads in a 16-row tile
+]
+# FlashMLA's sparse-prefill shapes (SPEC §4.4), cut down: (d_qk, s_q, s_kv, h_q, topk, features)
+GPU_CASES = [
+    (d_qk, s_q, s_kv, h_q, topk, feats)
+    for d_qk in (576, 512)
+    for h_q in (16, 64, 128)
+    for (s_kv, topk) in ((592, 128), (1592, 384), (95, 128), (114, 384), (1840, 200))
+    for s_q in (62, 213)
+    for feats in (False, True)
+] + [  # odd head counts and top-k sizes
+    (d_qk, 37, s_kv, h_q, topk, True)
+    for d_qk in (576, 512)
+    for (h_q, s_kv, topk) in ((1, 40, 1), (3, 300, 65), (8, 100, 130), (32, 2000, 7), (96, 50, 64))
+]
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    """Every float tensor the launcher allocates with torch.empty starts as NaN, so an element
+    the kernel fails to write fails the comparison."""
+    real_empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.dtype.is_floating_point:
+            t.fill_(float("nan"))
+        return t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_PREFILL", "triton")
+
+
+def _poison(case):
+    """Garbage where real inputs hold it: KV rows no valid slot references become NaN, and
+    the slots past topk_length point at such a row (or hold INT_MAX), so a kernel that reads
+    an unreferenced row or a slot past the length returns NaN."""
+    kv, idx, lengths = case["kv"], case["indices"], case["topk_length"]
+    s_q, _, topk = idx.shape
+    s_kv = kv.shape[0]
+    slot = torch.arange(topk, device=idx.device)
+    listed = slot[None, :] < (lengths[:, None] if lengths is not None else topk)  # [s_q, topk]
+    valid = listed & (idx[:, 0] >= 0) & (idx[:, 0] < s_kv)
+    referenced = torch.zeros(s_kv, dtype=torch.bool, device=kv.device)
+    referenced[idx[:, 0][valid].long()] = True
+    kv[~referenced] = float("nan")
+    if lengths is not None:
+        spare = (~referenced).nonzero()
+        garbage = int(spare[0]) if spare.numel() else INT_MAX
+        idx[:, 0][~listed] = garbage
+    return case
+
+
+def _check_vs_naive(case, out, max_logits, lse):
+    cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v)
+           for k, v in gen.reference_kwargs("sparse_prefill", case).items()}
+    r_out, r_ml, r_lse = naive.naive_sparse_prefill(**cpu)
+    # FlashMLA compares the bf16 answer as fp32 against the fp32 reference
+    assert_close("out", out.cpu().float(), r_out.float(), TOL["out"])
+    assert_close("max_logits", max_logits.cpu(), r_ml.float(), TOL["max_logits"])
+    assert_close("lse", lse.cpu(), r_lse.float(), TOL["lse"])
+
+
+def test_pick_config_is_a_pure_function_of_shape_and_device():
+    h100 = DeviceInfo("cuda", 90, 132, "H100")
+    for h_q, block_h in ((1, 16), (3, 16), (16, 16), (17, 32), (32, 32), (64, 64), (128, 64)):
+        cfg = pick_config(h_q, 576, 2048, h100)
+        assert (cfg.block_h, cfg.block_n, cfg.num_warps) == (block_h, 64, 8)
+    assert pick_config(128, 512, 512, DeviceInfo("cpu", 0, 0)).block_h == 64
+
+
+def test_triton_is_selected_where_it_runs(monkeypatch):
+    cpu, h100 = DeviceInfo("cpu", 0, 0), DeviceInfo("cuda", 90, 132, "H100")
+    assert triton_supports(h100, {"d_qk": 576}) and triton_supports(h100, {"d_qk": 512})
+    assert not triton_supports(h100, {"d_qk": 192})
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not triton_supports(cpu, {"d_qk": 576})  # no interpreter: the reference runs
+    assert select("sparse_prefill", cpu, {"d_qk": 576}).name == "reference"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert select("sparse_prefill", cpu, {"d_qk": 576}).name == "triton"
+
+
+@pytest.mark.parametrize("shape", CPU_CASES)
+def test_triton_kernel_vs_naive(shape, triton_backend, poisoned_outputs):
+    d_qk, s_q, s_kv, h_q, topk, tl, sink, inv, noncontig = shape
+    case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, d_qk=d_qk, with_topk_length=tl,
+                                     with_attn_sink=sink, all_invalid=inv,
+                                     invalid_row_fraction=0.34 if inv else None, device=DEV,
+                                     seed=hash(shape) % 997, non_contiguous=noncontig)
+    _poison(case)
+    assert select("sparse_prefill", device_info(DEV), {"d_qk": d_qk}).name == "triton"
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+    assert out.shape == (s_q, h_q, 512) and out.dtype == BF16 and out.is_contiguous()
+    assert max_logits.shape == lse.shape == (s_q, h_q)
+    _check_vs_naive(case, out, max_logits, lse)
+
+
+@pytest.mark.parametrize("d_qk", [576, 512])
+def test_invalid_values_lonely_rows_and_infinite_sinks(d_qk, triton_backend, poisoned_outputs):
+    """Every kind of invalid index, rows with none valid (by value and by topk_length 0), and
+    sinks +inf / -inf / finite: lonely rows give out 0, max_logits -inf, lse +inf whatever the
+    sink; a +inf sink zeroes the output and leaves lse finite."""
+    s_q, s_kv, h_q, topk = 4, 12, 3, 9
+    case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, d_qk=d_qk, device=DEV, seed=d_qk)
+    idx = torch.tensor([[INT_MIN, 3, INT_MAX, s_kv, -1, 5, 114514, s_kv - 1, 0],
+                        [s_kv, -1, INT_MIN, INT_MAX, s_kv + 1, -123456, s_kv, -1, INT_MAX],
+                        [7, 2, 9, 4, 1, 10, 6, 11, 8],
+                        [0, 1, 2, 3, 4, 5, 6, 7, 8]], dtype=torch.int32, device=DEV)
+    case["indices"] = idx.view(s_q, 1, topk)
+    case["topk_length"] = torch.tensor([9, 9, 5, 0], dtype=torch.int32, device=DEV)
+    case["attn_sink"] = torch.tensor([float("inf"), float("-inf"), 0.3], device=DEV)
+    _poison(case)
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+    _check_vs_naive(case, out, max_logits, lse)
+    for row in (1, 3):
+        assert bool((out[row] == 0).all())
+        assert bool(torch.isneginf(max_logits[row]).all() and torch.isposinf(lse[row]).all())
+    assert bool((out[0, 0] == 0).all()) and bool(torch.isfinite(lse[0]).all())
+
+
+def test_no_kv_rows_and_no_queries(triton_backend, poisoned_outputs):
+    q = torch.randn(2, 3, 576, dtype=BF16, device=DEV)
+    kv = torch.empty(0, 1, 576, dtype=BF16, device=DEV)
+    idx = torch.tensor([[[0, -1, 5]], [[INT_MAX, 1, 0]]], dtype=torch.int32, device=DEV)
+    sink = torch.tensor([1.0, float("inf"), float("-inf")], device=DEV)
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(q, kv, idx, 0.5, attn_sink=sink)
+    assert bool((out == 0).all())
+    assert bool(torch.isneginf(max_logits).all() and torch.isposinf(lse).all())
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(q[:0], kv, idx[:0], 0.5)
+    assert out.shape == (0, 3, 512) and lse.shape == max_logits.shape == (0, 3)
+
+
+def test_library_op_passes_opcheck():
+    case = gen.sparse_prefill_inputs(2, 30, 3, 20, with_topk_length=True, with_attn_sink=True,
+                                     device=DEV, seed=5)
+    for sink, lengths in ((case["attn_sink"], case["topk_length"]), (None, None)):
+        args = (case["q"], case["kv"], case["indices"], sink, lengths, case["sm_scale"], 512,
+                16, 64, 8, 2)
+        torch.library.opcheck(_library.ops.sparse_prefill.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+# --- GPU tier -------------------------------------------------------------------------------
+def _gpu_case(d_qk, s_q, s_kv, h_q, topk, feats, seed=0):
+    return gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, d_qk=d_qk, with_topk_length=feats,
+                                     with_attn_sink=feats, all_invalid=feats, device="cuda",
+                                     seed=seed, non_contiguous=True)
+
+
+def _check_vs_ref(case, out, max_logits, lse):
+    r_out, r_ml, r_lse = sparse_prefill_ref(**gen.reference_kwargs("sparse_prefill", case))
+    assert_close("out", out.float(), r_out, TOL["out"])
+    assert_close("max_logits", max_logits, r_ml, TOL["max_logits"])
+    assert_close("lse", lse, r_lse, TOL["lse"])
+
+
+@pytest.mark.gpu
+def test_cuda_uses_triton_without_upcast():
+    assert not interpreting()
+    assert select("sparse_prefill", device_info("cuda"), {"d_qk": 576}).name == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_CASES)
+def test_triton_kernel_vs_reference_gpu(shape, triton_backend, poisoned_outputs):
+    case = _poison(_gpu_case(*shape, seed=hash(shape) % 997))
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+    _check_vs_ref(case, out, max_logits, lse)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("s_q,s_kv,topk", [(1, 128, 128), (4096, 2048, 2048), (1024, 32, 2048)])
+def test_all_invalid_rows_and_topk_far_beyond_s_kv_gpu(s_q, s_kv, topk, triton_backend):
+    case = gen.sparse_prefill_inputs(s_q, s_kv, 64, topk, all_invalid=True,
+                                     invalid_row_fraction=0.3, with_attn_sink=True,
+                                     device="cuda", seed=3)
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+    _check_vs_ref(case, out, max_logits, lse)
+
+
+@pytest.mark.gpu
+def test_queries_past_65535_gpu(triton_backend):
+    """s_q 70000 (FlashMLA only runs it): the last rows are checked against the reference."""
+    case = gen.sparse_prefill_inputs(70000, 256, 64, 256, with_attn_sink=True, device="cuda",
+                                     seed=4)
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+    tail = dict(case, q=case["q"][-300:], indices=case["indices"][-300:])
+    _check_vs_ref(tail, out[-300:], max_logits[-300:], lse[-300:])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d_qk,h_q", [(576, 128), (512, 64), (576, 16)])
+def test_bitwise_deterministic_gpu(d_qk, h_q, triton_backend):
+    case = _gpu_case(d_qk, 213, 1592, h_q, 384, True, seed=9)
+    kw = gen.public_kwargs(case)
+    runs = [openmla.flash_mla_sparse_fwd(**kw) for _ in range(3)]
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+
+
+@pytest.mark.gpu
+def test_torch_compile_fullgraph_parity_gpu(triton_backend):
+    case = _gpu_case(576, 62, 592, 64, 128, True, seed=2)
+    kw = gen.public_kwargs(case)
+
+    def step(q, kv, indices, attn_sink, topk_length):
+        return openmla.flash_mla_sparse_fwd(q, kv, indices, 0.5, attn_sink=attn_sink,
+                                            topk_length=topk_length)
+
+    args = (kw["q"], kw["kv"], kw["indices"], kw["attn_sink"], kw["topk_length"])
+    want = step(*args)
+    got = torch.compile(step, fullgraph=True)(*args)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_gpu(triton_backend):
+    case = _gpu_case(512, 62, 1592, 128, 384, True, seed=6)
+    kw = gen.public_kwargs(case)
+    want = openmla.flash_mla_sparse_fwd(**kw)  # also compiles the kernel outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = openmla.flash_mla_sparse_fwd(**kw)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
