@@ -60,27 +60,27 @@ def _store_half(acc, l_i, m_i, r, tok, head, mask_r, offs_d, line_pos, n_sched, 
     o = acc / gl.expand_dims(safe_l, 1)
     first_part = (line_pos + OVERHEAD) // payload
     last_part = (line_pos + OVERHEAD + n_sched - 1) // payload
+    # both destinations are written with complementary masks (no divergent branch around
+    # stores inside a warp-specialized partition)
+    whole = first_part == last_part
+    split = first_part != last_part
+    piece = gl.load(num_splits_ptr + r) + pid_part - first_part
     r64 = r.to(gl.int64)
     tok2 = gl.expand_dims(tok, 1)
     head2 = gl.expand_dims(head, 1)
     d2 = gl.expand_dims(offs_d, 0)
     mask2 = gl.expand_dims(mask_r, 1)
-    if first_part == last_part:
-        ptrs = out_ptr + r64 * stride_ob + tok2 * stride_ot + head2 * stride_oh + d2
-        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=mask2)
-        if WRITE_LSE:
-            lse = gl.where(has_keys, (m_i + gl.log2(safe_l)) * LN2, float("inf"))
-            gl.store(lse_ptr + r * stride_lb + head * stride_lh + tok * stride_lt, lse,
-                     mask=mask_r)
-    else:
-        piece = gl.load(num_splits_ptr + r) + pid_part - first_part
-        acc_ptrs = (o_acc_ptr + piece.to(gl.int64) * stride_oa_piece + tok2 * stride_oa_t
-                    + head2 * stride_oa_h + d2)
-        gl.store(acc_ptrs, o, mask=mask2)
-        if WRITE_LSE:
-            lse2 = gl.where(has_keys, m_i + gl.log2(safe_l), float("-inf"))
-            gl.store(lse_acc_ptr + piece * stride_la_piece + tok * stride_la_t + head, lse2,
-                     mask=mask_r)
+    ptrs = out_ptr + r64 * stride_ob + tok2 * stride_ot + head2 * stride_oh + d2
+    gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=mask2 & whole)
+    acc_ptrs = (o_acc_ptr + piece.to(gl.int64) * stride_oa_piece + tok2 * stride_oa_t
+                + head2 * stride_oa_h + d2)
+    gl.store(acc_ptrs, o, mask=mask2 & split)
+    if WRITE_LSE:
+        lse2 = gl.where(has_keys, m_i + gl.log2(safe_l), float("-inf"))
+        gl.store(lse_ptr + r * stride_lb + head * stride_lh + tok * stride_lt,
+                 gl.where(has_keys, lse2 * LN2, float("inf")), mask=mask_r & whole)
+        gl.store(lse_acc_ptr + piece * stride_la_piece + tok * stride_la_t + head, lse2,
+                 mask=mask_r & split)
 
 
 @gluon.jit
