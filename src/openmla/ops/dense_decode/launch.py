@@ -17,8 +17,8 @@ LOG2E = 1.0 / math.log(2.0)
 GLUON_BLOCK_H = 64  # query rows per CTA: one wgmma M tile
 GLUON_BLOCK_N = 64  # keys per tile
 GLUON_STAGES = 2  # key-tile ring depth: Q (72 KiB) + 2 x K (72 KiB) + P fill 227 KiB of smem
-GLUON_PV_REGS = 232  # registers a thread of the PV warpgroup keeps (its 64x256 fp32 accumulator)
-GLUON_LOAD_REGS = 40  # the TMA-issuing warp needs few
+GLUON_PV_REGS = 208  # registers a thread of the PV warpgroup keeps (its 64x256 fp32 accumulator: 128)
+GLUON_LOAD_REGS = 24  # the TMA-issuing warp needs few; 128 x (256 + 208 + 24) fits the 64K register file
 
 
 def _schedule(sched, cache_seqlens: torch.Tensor, num_parts: int):
