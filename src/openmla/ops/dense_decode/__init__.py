@@ -1,6 +1,6 @@
 """Dense MLA decode over a paged BF16/FP16 KV cache (SPEC §2.1)."""
 from ...device import interpreting, triton_available
-from ...dispatch import register
+from ...dispatch import forced_backend, register
 from .ref import dense_decode_ref
 
 D_QK_KERNEL = 576  # the kernels take DeepSeek V3's 512 latent + 64 RoPE dims
@@ -37,7 +37,14 @@ GLUON_MIN_ROWS = 64  # s_q * h_q: the Gluon kernel computes 64-row wgmma tiles
 
 
 def gluon_supports(info, problem) -> bool:
-    """Hopper, one KV head, pages of whole 64-key tiles, at least one full 64-row query tile."""
+    """Hopper, one KV head, pages of whole 64-key tiles, at least one full 64-row query tile.
+
+    Experimental: selected only when forced (OPENMLA_BACKEND_DENSE_DECODE=gluon). On an H200 it
+    is correct when each program's part holds few pieces, but launches with several 64-row
+    tiles and split requests (b=74 h_q=128, or s_q=2 h_q=64 over 3 parts) did not finish:
+    a synchronisation fault still open (benchmarks/gluon_hang_probe.py reproduces it)."""
+    if forced_backend("dense_decode") != "gluon":
+        return False
     if not (info.is_hopper and not interpreting() and triton_available()):
         return False
     if not problem:  # `openmla info`: the device alone
