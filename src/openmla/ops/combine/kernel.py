@@ -49,7 +49,9 @@ def _decode_combine_kernel(
             # G += lg(1 + 2^(σ - G)) = lg(2^G + 2^σ), computed stably
             hi = tl.maximum(g, sink2)
             lo = tl.minimum(g, sink2)
-            g_sink = hi + tl.log2(1.0 + tl.exp2(lo - hi))
+            same = hi == lo  # both +inf on a lonely row with a +inf sink: keep inf - inf out
+            gap = tl.where(same, 0.0, lo) - tl.where(same, 0.0, hi)
+            g_sink = hi + tl.log2(1.0 + tl.exp2(gap))
             g = tl.where(lonely, g, tl.where(sink2 == float("inf"), float("inf"), g_sink))
         acc = tl.zeros([BLOCK_H, D_V], dtype=tl.float32)
         oa = o_acc_ptr + t * stride_oa_t + offs_h[:, None] * stride_oa_h + offs_d[None, :]
