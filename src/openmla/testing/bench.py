@@ -466,6 +466,8 @@ def gpu_cases() -> list[BenchCase]:
     v32_s_k, v32_topk = 32768, 2048
     cases += [_sparse_decode_case(b, s_q, 128, v32_s_k, v32_topk) for s_q in (1, 2)]
     cases.append(_sparse_decode_case(b, 1, 64, v32_s_k, v32_topk))
+    # tensor-parallel shards (FlashMLA pads these to 64 heads): h_q = 16 natively
+    cases.append(_sparse_decode_case(b, 1, 16, v32_s_k, v32_topk))
     # MODEL1 (upstream's perf configs: main topk at pbs 256 plus an extra cache at pbs 64)
     m1_s_k, m1_topk, m1_extra_topk = 16384, 512, 1024
     cases += [_sparse_decode_case(b, 1, h_q, m1_s_k, m1_topk, d_qk=512, page_block_size=256,
