@@ -140,3 +140,52 @@ def _sparse_decode_fake(q, k_cache, indices, sched_meta, num_splits, softmax_sca
     b, s_q, h_q, _ = q.shape
     return (q.new_empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16),
             q.new_empty(b, s_q, h_q, dtype=torch.float32))
+
+
+# --- dense MHA prefill (ops/mha_prefill) -----------------------------------------------------
+# The forward returns lse as its head-major [h_q, total_q] buffer; the Python wrapper returns
+# the [total_q, h_q] transposed view (strides (1, total_q)), so the ops return no views.
+_lib.define(
+    "mha_prefill_fwd(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, "
+    "float softmax_scale, bool causal, int block_m, int block_n, int num_warps, "
+    "int num_stages) -> (Tensor, Tensor)")
+_lib.define(
+    "mha_prefill_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+    "Tensor cu_seqlens_q, Tensor cu_seqlens_k, float softmax_scale, bool causal, "
+    "int dq_block_m, int dq_block_n, int dkdv_block_m, int dkdv_block_n, int num_warps, "
+    "int dq_num_stages, int dkdv_num_stages) -> (Tensor, Tensor, Tensor)")
+
+
+@_impl("mha_prefill_fwd")
+def _mha_prefill_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, block_m,
+                     block_n, num_warps, num_stages):
+    from .ops.mha_prefill.launch import mha_prefill_fwd_kernel
+
+    return mha_prefill_fwd_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal,
+                                  block_m, block_n, num_warps, num_stages)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::mha_prefill_fwd")
+def _mha_prefill_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, block_m,
+                          block_n, num_warps, num_stages):
+    total_q, h_q, _ = q.shape
+    return (q.new_empty(total_q, h_q, v.shape[-1]),
+            q.new_empty(h_q, total_q, dtype=torch.float32))
+
+
+@_impl("mha_prefill_bwd")
+def _mha_prefill_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal,
+                     dq_block_m, dq_block_n, dkdv_block_m, dkdv_block_n, num_warps, dq_num_stages,
+                     dkdv_num_stages):
+    from .ops.mha_prefill.launch import mha_prefill_bwd_kernel
+
+    return mha_prefill_bwd_kernel(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                  softmax_scale, causal, dq_block_m, dq_block_n, dkdv_block_m,
+                                  dkdv_block_n, num_warps, dq_num_stages, dkdv_num_stages)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::mha_prefill_bwd")
+def _mha_prefill_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                          causal, dq_block_m, dq_block_n, dkdv_block_m, dkdv_block_n, num_warps,
+                          dq_num_stages, dkdv_num_stages):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)

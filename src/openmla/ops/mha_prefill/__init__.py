@@ -1,6 +1,12 @@
 """Dense MHA varlen prefill, forward and backward (SPEC §1.6, §2.5)."""
-from ...dispatch import register
+import torch
+
+from ...device import interpreting, triton_available
+from ...dispatch import forced_backend, register
 from .ref import mha_prefill_bwd_ref, mha_prefill_fwd_ref
+
+TRITON_MAX_HEAD_DIM = 256  # d_qk and d_v (config.MAX_HEAD_DIM; not imported: no triton here)
+TRITON_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def run_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
@@ -16,5 +22,35 @@ def run_reference_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, 
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def run_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
+    from .launch import mha_prefill_fwd_triton  # imports triton only when a kernel runs
+
+    return mha_prefill_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+
+
+def run_triton_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                        causal):
+    from .launch import mha_prefill_bwd_triton
+
+    return mha_prefill_bwd_triton(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                  softmax_scale, causal)
+
+
+def triton_supports(info, problem) -> bool:
+    """CPU tensors under the Triton interpreter; CUDA only when forced
+    (``OPENMLA_BACKEND_MHA_PREFILL=triton``): the kernels have not run on a GPU yet. Enabled by
+    default on CUDA once validated on a GPU. Head dims up to 256, bf16 / fp16."""
+    if info.kind == "cuda":
+        on_device = forced_backend("mha_prefill") == "triton"
+    else:
+        on_device = info.kind == "cpu" and interpreting()
+    if not (on_device and triton_available()):
+        return False
+    return (problem.get("d_qk", 0) <= TRITON_MAX_HEAD_DIM
+            and problem.get("d_v", 0) <= TRITON_MAX_HEAD_DIM
+            and problem.get("dtype", torch.bfloat16) in TRITON_DTYPES)
+
+
 register("mha_prefill", "reference", run_reference, lambda info, problem: True,
          backward=run_reference_backward)
+register("mha_prefill", "triton", run_triton, triton_supports, backward=run_triton_backward)

@@ -1,0 +1,129 @@
+"""Launch the portable dense MHA prefill kernels: pick the configuration, then one
+``openmla::mha_prefill_fwd`` / ``openmla::mha_prefill_bwd`` op (allocate → grid → kernels).
+No host synchronisation and no max_seqlen: grids are sized from the tensor shapes alone (see
+kernel.py), so a call can be captured in a CUDA graph.
+
+Rows outside every sequence (``cu_seqlens[-1] < total``) are not written: their out / lse /
+gradients are unspecified, as in FlashAttention's varlen kernels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ... import _library
+from ...device import device_info, interpreting
+from .config import MAX_HEAD_DIM, head_dim_split, pick_config, value_dim_tile
+from .kernel import _mha_bwd_dkdv_kernel, _mha_bwd_dq_kernel, _mha_fwd_kernel
+
+LOG2E = 1.0 / math.log(2.0)
+DTYPES = (torch.bfloat16, torch.float16)
+
+
+def mha_prefill_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
+    """Backend forward (arguments validated by ``flash_attn_varlen_func``): ``out [total_q, h_q,
+    d_v]`` in q's dtype and ``lse [total_q, h_q]`` float32 with strides ``(1, total_q)``."""
+    cfg = pick_config(q.shape[-1], v.shape[-1], device_info(q.device))
+    out, lse = _library.ops.mha_prefill_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                            float(softmax_scale), bool(causal), cfg.block_m,
+                                            cfg.block_n, cfg.num_warps, cfg.num_stages)
+    return out, lse.t()
+
+
+def mha_prefill_bwd_triton(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                           causal):
+    """Backend backward: ``(dq, dk, dv)`` in the inputs' dtypes, contiguous; dK/dV sum over
+    each KV head's query-head group."""
+    cfg = pick_config(q.shape[-1], v.shape[-1], device_info(q.device))
+    return _library.ops.mha_prefill_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                        float(softmax_scale), bool(causal), cfg.dq_block_m,
+                                        cfg.dq_block_n, cfg.dkdv_block_m, cfg.dkdv_block_n,
+                                        cfg.bwd_num_warps, cfg.dq_num_stages,
+                                        cfg.dkdv_num_stages)
+
+
+def _check(q, k, v):
+    if q.dtype not in DTYPES:
+        raise TypeError(f"q: expected dtype bfloat16 or float16, got {q.dtype}")
+    for name, d in (("q", q.shape[-1]), ("v", v.shape[-1])):
+        if not 1 <= d <= MAX_HEAD_DIM:
+            raise NotImplementedError(
+                f"{name}: expected head dim 1..{MAX_HEAD_DIM} for the Triton kernel, got {d}; "
+                f"the reference backend (OPENMLA_BACKEND_MHA_PREFILL=reference) takes any")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name}: expected a contiguous last dim, got strides {t.stride()}")
+
+
+def _dims(q, v):
+    block_da, block_db = head_dim_split(q.shape[-1])
+    return dict(D_QK=q.shape[-1], D_V=v.shape[-1], BLOCK_DA=block_da, BLOCK_DB=block_db,
+                BLOCK_DV=value_dim_tile(v.shape[-1]))
+
+
+def mha_prefill_fwd_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal, block_m,
+                           block_n, num_warps, num_stages):
+    """One forward launch (the body of ``openmla::mha_prefill_fwd``): ``out`` and the
+    head-major ``lse [h_q, total_q]`` buffer."""
+    _check(q, k, v)
+    total_q, h_q, _ = q.shape
+    h_kv, d_v = k.shape[1], v.shape[-1]
+    out = torch.empty(total_q, h_q, d_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
+    n_seqs = cu_seqlens_q.shape[0] - 1
+    if total_q == 0 or n_seqs < 1:
+        return out, lse
+    n_vblocks = total_q // block_m + n_seqs  # see kernel.py: covers every sequence
+    lse_t = lse.t()
+    _mha_fwd_kernel[(n_vblocks * h_q,)](
+        q, k, v, cu_seqlens_q, cu_seqlens_k, out, lse,
+        softmax_scale * LOG2E, n_seqs, n_vblocks, h_q // h_kv,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse_t.stride(0), lse_t.stride(1),
+        **_dims(q, v), BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
+        UPCAST_DOT=interpreting(), ROUND_OUT=interpreting() and q.dtype == torch.bfloat16,
+        num_warps=num_warps, num_stages=num_stages)
+    return out, lse
+
+
+def mha_prefill_bwd_kernel(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                           causal, dq_block_m, dq_block_n, dkdv_block_m, dkdv_block_n, num_warps,
+                           dq_num_stages, dkdv_num_stages):
+    """The backward launches (the body of ``openmla::mha_prefill_bwd``): the dQ kernel, which
+    also writes D = rowsum(dO∘O), then the dK/dV kernel that reads D."""
+    _check(q, k, v)
+    total_q, h_q, _ = q.shape
+    total_k, h_kv, _ = k.shape
+    if dout.stride(-1) != 1:  # autograd may hand over an expanded gradient
+        dout = dout.contiguous()
+    if out.stride(-1) != 1:
+        out = out.contiguous()
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    n_seqs = cu_seqlens_q.shape[0] - 1
+    if n_seqs < 1 or (total_q == 0 and total_k == 0):
+        return dq, dk, dv
+    delta = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
+    common = dict(**_dims(q, v), CAUSAL=causal, UPCAST_DOT=interpreting(),
+                  ROUND_OUT=interpreting() and q.dtype == torch.bfloat16, num_warps=num_warps)
+    scale_log2 = softmax_scale * LOG2E
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
+    if total_q > 0:
+        n_vblocks = total_q // dq_block_m + n_seqs
+        _mha_bwd_dq_kernel[(n_vblocks * h_q,)](
+            q, k, v, out, dout, lse, cu_seqlens_q, cu_seqlens_k, dq, delta,
+            softmax_scale, scale_log2, n_seqs, n_vblocks, h_q // h_kv, *strides,
+            out.stride(0), out.stride(1), dout.stride(0), dout.stride(1),
+            lse.stride(0), lse.stride(1), dq.stride(0), dq.stride(1), delta.stride(0),
+            BLOCK_M=dq_block_m, BLOCK_N=dq_block_n, num_stages=dq_num_stages, **common)
+    if total_k > 0:
+        n_vblocks = total_k // dkdv_block_n + n_seqs
+        _mha_bwd_dkdv_kernel[(n_vblocks * h_kv,)](
+            q, k, v, dout, lse, delta, cu_seqlens_q, cu_seqlens_k, dk, dv,
+            softmax_scale, scale_log2, n_seqs, n_vblocks, h_q // h_kv, *strides,
+            dout.stride(0), dout.stride(1), lse.stride(0), lse.stride(1), delta.stride(0),
+            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            BLOCK_M=dkdv_block_m, BLOCK_N=dkdv_block_n, num_stages=dkdv_num_stages, **common)
+    return dq, dk, dv

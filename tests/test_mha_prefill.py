@@ -1,0 +1,240 @@
+"""Dense MHA prefill: the portable Triton kernels (forward, dQ, dK/dV) against the float64
+autograd of the naive loop implementation (CPU: under the Triton interpreter, tiny shapes), the
+launch configuration, dispatch gating and torch.library registration; on CUDA (forced: the
+kernels are not selected there by default until validated) against the float32 reference at
+FlashMLA-like shapes, with run-to-run bitwise determinism."""
+import pytest
+import torch
+
+import openmla
+from openmla import _library
+from openmla.device import DeviceInfo, device_info
+from openmla.dispatch import select
+from openmla.ops.mha_prefill import triton_supports
+from openmla.ops.mha_prefill.config import head_dim_split, pick_config, value_dim_tile
+from openmla.ops.mha_prefill.ref import mha_prefill_bwd_ref, mha_prefill_fwd_ref
+from openmla.testing import generate as gen
+from openmla.testing import naive
+from openmla.testing.compare import TOLERANCES, assert_close
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+BF16, FP16 = torch.bfloat16, torch.float16
+TOL = TOLERANCES["mha_prefill"]
+H100 = DeviceInfo("cuda", 90, 132, "H100")
+
+# (seqlens_q, seqlens_k, h_q, h_kv, d_qk, d_v, causal, dtype); CPU tier: 16 x 16 tiles, so
+# these cross several query / key blocks, the diagonal and ragged last blocks
+CPU_CASES = [
+    ((5, 40), (7, 33), 2, 2, 16, 16, True, BF16),
+    ((5, 40), (7, 33), 2, 2, 16, 16, False, BF16),
+    ((20, 9), (3, 30), 4, 2, 32, 16, True, BF16),  # Sk < Sq: lonely causal rows; GQA
+    ((20, 9), (3, 30), 4, 2, 32, 16, False, BF16),
+    ((17, 0, 9), (0, 5, 30), 4, 2, 24, 8, True, BF16),  # Sk = 0, Sq = 0; dims not 2^k
+    ((33, 16), (33, 48), 4, 1, 32, 32, True, FP16),  # fp16, GQA 4:1, aligned blocks
+    ((20, 9), (3, 30), 4, 2, 192, 128, True, BF16),  # DeepSeek's dims: 128 + 64 tiles
+    ((12, 31), (12, 31), 2, 2, 128, 128, False, BF16),
+]
+
+
+@pytest.fixture
+def triton_backend(monkeypatch):
+    monkeypatch.setenv("OPENMLA_BACKEND_MHA_PREFILL", "triton")
+
+
+def _cu(lens):
+    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32,
+                        device=DEV)
+
+
+def _inputs(lens_q, lens_k, h_q, h_kv, d, dv, dtype, non_contiguous=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape):
+        x = (torch.randn(*shape, generator=g) / 10).to(dtype).to(DEV)
+        if non_contiguous:  # every stride but the last differs from the contiguous one
+            x = gen.non_contiguous_like(x)
+        return x.requires_grad_()
+
+    total_q, total_k = sum(lens_q), sum(lens_k)
+    q, k, v = leaf(total_q, h_q, d), leaf(total_k, h_kv, d), leaf(total_k, h_kv, dv)
+    dout = (torch.randn(total_q, h_q, dv, generator=g) / 10).to(dtype).to(DEV)
+    return q, k, v, _cu(lens_q), _cu(lens_k), dout
+
+
+def _check_fwd_bwd(q, k, v, cu_q, cu_k, dout, scale, causal, out, lse, grads=True):
+    """out / lse and (grads) dq / dk / dv against autograd through the float64 naive MHA."""
+    dtype = q.dtype
+    assert out.dtype == dtype and out.is_contiguous()
+    assert lse.dtype == torch.float32 and lse.stride() == (1, q.shape[0])
+    r_out, r_lse = naive.naive_mha(q, k, v, cu_q, cu_k, scale, causal)
+    assert_close("out", out, r_out.to(dtype), TOL["out"])
+    assert_close("lse", lse, r_lse.float(), TOL["lse"])
+    if not grads:
+        return
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want = torch.autograd.grad(r_out, (q, k, v), dout.to(r_out.dtype))
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert g.dtype == dtype and g.shape == w.shape
+        assert_close(name, g, w.to(dtype), TOL[name])
+
+
+def test_head_dim_tiles_and_config_are_pure_functions():
+    assert head_dim_split(192) == (128, 64) and head_dim_split(128) == (128, 0)
+    assert head_dim_split(100) == (64, 64) and head_dim_split(8) == (16, 0)
+    assert head_dim_split(24) == (16, 16) and head_dim_split(256) == (256, 0)
+    assert value_dim_tile(128) == 128 and value_dim_tile(8) == 16 and value_dim_tile(72) == 128
+    for d, dv in ((192, 128), (128, 128)):
+        cfg = pick_config(d, dv, H100)
+        assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (128, 64, 8)
+        assert (cfg.dkdv_block_m, cfg.dkdv_block_n, cfg.dkdv_num_stages) == (32, 64, 1)
+    cpu = pick_config(192, 128, DeviceInfo("cpu", 0, 0))
+    assert cpu.block_m == cpu.block_n == cpu.dq_block_m == cpu.dkdv_block_n == 16
+
+
+def test_triton_is_gated_until_validated_on_a_gpu(monkeypatch):
+    """CUDA: only when forced (not yet validated on a GPU); CPU: under the interpreter."""
+    cpu = DeviceInfo("cpu", 0, 0)
+    problem = {"d_qk": 192, "d_v": 128, "dtype": BF16}
+    monkeypatch.delenv("OPENMLA_BACKEND_MHA_PREFILL", raising=False)
+    monkeypatch.delenv("OPENMLA_BACKEND", raising=False)
+    assert not triton_supports(H100, problem)
+    assert select("mha_prefill", H100, problem).name == "reference"
+    monkeypatch.setenv("OPENMLA_BACKEND_MHA_PREFILL", "triton")
+    assert triton_supports(H100, problem) and not triton_supports(H100, {**problem, "d_qk": 320})
+    assert not triton_supports(H100, {**problem, "dtype": torch.float32})
+    monkeypatch.delenv("OPENMLA_BACKEND_MHA_PREFILL")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not triton_supports(cpu, problem)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert select("mha_prefill", cpu, problem).name == "triton"
+
+
+@pytest.mark.parametrize("shape", CPU_CASES)
+def test_triton_forward_backward_vs_naive(shape, triton_backend, poisoned_outputs):
+    lens_q, lens_k, h_q, h_kv, d, dv, causal, dtype = shape
+    q, k, v, cu_q, cu_k, dout = _inputs(lens_q, lens_k, h_q, h_kv, d, dv, dtype,
+                                        seed=hash(shape) % 997)
+    problem = {"d_qk": d, "d_v": dv, "dtype": dtype}
+    assert select("mha_prefill", device_info(DEV), problem).name == "triton"
+    scale = (d + 100) ** -0.5
+    out, lse = openmla.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k),
+                                              softmax_scale=scale, causal=causal)
+    _check_fwd_bwd(q, k, v, cu_q, cu_k, dout, scale, causal, out, lse)
+    if causal and any(sk < sq for sq, sk in zip(lens_q, lens_k)):
+        lonely = torch.isneginf(lse)
+        assert bool(lonely.any()) and bool((out[lonely] == 0).all())
+
+
+def test_empty_keys_give_zero_output_minus_inf_lse_and_zero_grads(triton_backend,
+                                                                   poisoned_outputs):
+    q, k, v, cu_q, cu_k, dout = _inputs((3, 4), (0, 0), 2, 1, 16, 16, BF16, seed=3)
+    out, lse = openmla.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 4, 0, causal=True)
+    assert bool((out == 0).all()) and bool(torch.isneginf(lse).all())
+    (dq,) = torch.autograd.grad(out, (q,), dout)
+    assert bool((dq == 0).all())
+
+
+def test_non_contiguous_inputs(triton_backend, poisoned_outputs):
+    q, k, v, cu_q, cu_k, dout = _inputs((9, 23), (14, 23), 4, 2, 32, 16, BF16,
+                                        non_contiguous=True, seed=4)
+    assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
+    out, lse = openmla.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 23, 23, causal=True)
+    _check_fwd_bwd(q, k, v, cu_q, cu_k, dout, None, True, out, lse)
+
+
+def test_packed_variants(triton_backend, poisoned_outputs):
+    """qkv / kv packed along the head dim: strided slices of one tensor, through autograd."""
+    d, dv, lens = 32, 16, (7, 20)
+    cu = _cu(lens)
+    qkv = (torch.randn(sum(lens), 2, 2 * d + dv) / 10).to(BF16).to(DEV).requires_grad_()
+    out, lse = openmla.flash_attn_varlen_qkvpacked_func(qkv, cu, 20, d, causal=True)
+    q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
+    dout = (torch.randn_like(out.float()) / 10).to(BF16)
+    _check_fwd_bwd(q, k, v, cu, cu, dout, None, True, out, lse, grads=False)
+    (g_packed,) = torch.autograd.grad(out, (qkv,), dout)
+    r_out, _ = naive.naive_mha(q, k, v, cu, cu, None, True)
+    (want,) = torch.autograd.grad(r_out, (qkv,), dout.double())
+    for name, sl in (("dq", slice(0, d)), ("dk", slice(d, 2 * d)), ("dv", slice(2 * d, None))):
+        assert_close(name, g_packed[..., sl], want[..., sl].to(BF16), TOL[name])
+
+    q2, _, _, cu_q, cu_k, dout2 = _inputs((5, 11), (9, 14), 4, 2, d, dv, BF16, seed=5)
+    kv = (torch.randn(23, 2, d + dv) / 10).to(BF16).to(DEV).requires_grad_()
+    out, lse = openmla.flash_attn_varlen_kvpacked_func(q2, kv, cu_q, cu_k, 11, 14, d)
+    k2, v2 = kv[..., :d], kv[..., d:]
+    _check_fwd_bwd(q2, k2, v2, cu_q, cu_k, dout2, None, False, out, lse, grads=False)
+    got = torch.autograd.grad(out, (q2, kv), dout2)
+    r_out, _ = naive.naive_mha(q2, k2, v2, cu_q, cu_k, None, False)
+    want = torch.autograd.grad(r_out, (q2, kv), dout2.double())
+    assert_close("dq", got[0], want[0].to(BF16), TOL["dq"])
+    assert_close("dk", got[1][..., :d], want[1][..., :d].to(BF16), TOL["dk"])
+    assert_close("dv", got[1][..., d:], want[1][..., d:].to(BF16), TOL["dv"])
+
+
+def test_run_twice_is_bitwise_identical(triton_backend):
+    q, k, v, cu_q, cu_k, dout = _inputs((20, 33), (9, 40), 4, 2, 32, 16, BF16, seed=6)
+    runs = []
+    for _ in range(2):
+        out, lse = openmla.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 33, 40, causal=True)
+        runs.append((out, lse, *torch.autograd.grad(out, (q, k, v), dout)))
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), *runs):
+        assert torch.equal(a, b), name
+
+
+def test_library_ops_pass_opcheck():
+    q, k, v, cu_q, cu_k, dout = _inputs((5, 9), (7, 9), 4, 2, 24, 16, BF16, seed=7)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    for causal in (False, True):
+        args = (q, k, v, cu_q, cu_k, 0.3, causal, 16, 16, 4, 1)
+        torch.library.opcheck(_library.ops.mha_prefill_fwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+        out, lse = _library.ops.mha_prefill_fwd(*args)
+        args = (dout, q, k, v, out, lse.t(), cu_q, cu_k, 0.3, causal, 16, 16, 16, 16, 4, 1, 1)
+        torch.library.opcheck(_library.ops.mha_prefill_bwd.default, args,
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+# --- GPU tier (the Triton backend forced: it is not selected by default on CUDA yet) --------
+GPU_CASES = [
+    (sq, sk, h, h_kv, d, dv, causal, varlen)
+    for (sq, sk) in ((512, 512), (700, 1000))
+    for (h, h_kv) in ((16, 16), (32, 4))
+    for (d, dv) in ((128, 128), (192, 128))
+    for causal in (False, True)
+    for varlen in (False, True)
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_CASES)
+def test_triton_vs_reference_gpu(shape, triton_backend, poisoned_outputs):
+    sq, sk, h, h_kv, d, dv, causal, varlen = shape
+    case = gen.mha_inputs(2, sq, sk, h, h_kv=h_kv, d=d, dv=dv, causal=causal, varlen=varlen,
+                          requires_grad=True, device="cuda", seed=hash(shape) % 997)
+    out, lse = openmla.flash_attn_varlen_func(**gen.public_kwargs(case))
+    rk = gen.reference_kwargs("mha_prefill", case)
+    r_out, r_lse = mha_prefill_fwd_ref(**rk)
+    assert_close("out", out, r_out.to(out.dtype), TOL["out"])
+    assert_close("lse", lse, r_lse, TOL["lse"])
+    dout = case["extras"]["grad_out"]
+    got = torch.autograd.grad(out, (case["q"], case["k"], case["v"]), dout)
+    want = mha_prefill_bwd_ref(dout, case["q"], case["k"], case["v"], r_out, r_lse,
+                               rk["cu_seqlens_q"], rk["cu_seqlens_k"], rk["softmax_scale"],
+                               causal)
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert_close(name, g, w.to(g.dtype), TOL[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [128, 192])
+def test_bitwise_deterministic_gpu(d, triton_backend):
+    case = gen.mha_inputs(2, 1000, 1000, 32, h_kv=4, d=d, dv=128, causal=True, varlen=True,
+                          requires_grad=True, device="cuda", seed=9)
+    dout = case["extras"]["grad_out"]
+    runs = []
+    for _ in range(5):
+        out, lse = openmla.flash_attn_varlen_func(**gen.public_kwargs(case))
+        runs.append((out, lse, *torch.autograd.grad(out, (case["q"], case["k"], case["v"]),
+                                                    dout)))
+    for run in runs[1:]:
+        for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), run, runs[0]):
+            assert torch.equal(a, b), name
