@@ -30,6 +30,21 @@ MAX_SENTINEL = gl.constexpr(-1.0e30)
 
 
 @gluon.jit
+def _trace(progress_ptr, partition: gl.constexpr, r, step, msg, site: gl.constexpr,
+           TRACE: gl.constexpr):
+    """Debug only (TRACE): record where this partition of this CTA is — request, tile counter,
+    message counter and the wait it is about to enter — in host-visible memory, so that a launch
+    that never finishes can be inspected from the host while it hangs."""
+    if TRACE:
+        cta = gl.program_id(2) * gl.num_programs(0) + gl.program_id(0)
+        base = progress_ptr + (cta * 3 + partition) * 4
+        gl.store(base + 0, r)
+        gl.store(base + 1, step)
+        gl.store(base + 2, msg)
+        gl.store(base + 3, site)
+
+
+@gluon.jit
 def _request_blocks(seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
                     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr,
                     OVERHEAD: gl.constexpr, CAUSAL: gl.constexpr):
@@ -89,7 +104,8 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
                     block_table_ptr, seqlens_ptr, meta_ptr, s_q, h_q, stride_bt,
                     PAGE_SIZE: gl.constexpr, D_HALF: gl.constexpr, BLOCK_H: gl.constexpr,
                     BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr, OVERHEAD: gl.constexpr,
-                    META_COLS: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+                    META_COLS: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr,
+                    progress_ptr, TRACE: gl.constexpr):
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
@@ -109,6 +125,7 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
             seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
             BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
         q_row = r * rows + pid_row * BLOCK_H
+        _trace(progress_ptr, 0, r, it, rq, 1, TRACE)
         mbarrier.wait(q_free, (rq & 1) ^ 1)
         mbarrier.expect(q_ready, q_bytes)
         tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
@@ -117,6 +134,7 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
         bt_row = block_table_ptr + r.to(gl.int64) * stride_bt
         for t in range(t_lo, t_hi):
             s = it % STAGES
+            _trace(progress_ptr, 0, r, it, rq, 2, TRACE)
             mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
             key0 = t * BLOCK_N
             page = gl.load(bt_row + key0 // PAGE_SIZE)
@@ -130,6 +148,7 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
             it += 1
         line_pos += OVERHEAD + n_sched
         rq += 1
+    _trace(progress_ptr, 0, end_req, it, rq, 9, TRACE)
 
 
 @gluon.jit
@@ -141,7 +160,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
                        stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
                        D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                        SCHED_N: gl.constexpr, OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
-                       CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+                       CAUSAL: gl.constexpr, STAGES: gl.constexpr, progress_ptr,
+                       TRACE: gl.constexpr):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -183,12 +203,14 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
             BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
         row_last = seqlen - s_q + last_off_s  # [BLOCK_H] last key each row may see
+        _trace(progress_ptr, 1, r, it, msg, 11, TRACE)
         mbarrier.wait(q_ready, rq & 1)
         m_i = gl.full([BLOCK_H], MAX_SENTINEL, gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_s)
         acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
         for t in range(t_lo, t_hi):
             s = it % STAGES
+            _trace(progress_ptr, 1, r, it, msg, 12, TRACE)
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
             k0 = k_s.index(2 * s)
             k1 = k_s.index(2 * s + 1)
@@ -218,6 +240,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             m_i = m_new
             p16 = p.to(k_s.dtype)
             # hand P and the rescale factors to the PV warpgroup
+            _trace(progress_ptr, 1, r, it, msg, 13, TRACE)
             mbarrier.wait(p_free, (msg & 1) ^ 1)
             p_s.store(p16)
             a_s.store(alpha)
@@ -231,6 +254,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             it += 1
         mbarrier.arrive(q_free, count=1)
         # final message of the request: the row sums, for the PV warpgroup's normalisation
+        _trace(progress_ptr, 1, r, it, msg, 14, TRACE)
         mbarrier.wait(p_free, (msg & 1) ^ 1)
         a_s.store(l_i)
         mbarrier.arrive(p_ready, count=1)
@@ -243,6 +267,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
                     OVERHEAD, True)
         line_pos += OVERHEAD + n_sched
         rq += 1
+    _trace(progress_ptr, 1, end_req, it, msg, 19, TRACE)
 
 
 @gluon.jit
@@ -253,7 +278,8 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
                   stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
                   D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                   SCHED_N: gl.constexpr, OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
-                  CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+                  CAUSAL: gl.constexpr, STAGES: gl.constexpr, progress_ptr,
+                  TRACE: gl.constexpr):
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, D_HALF, 16])
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -282,7 +308,9 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
         acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
         for t in range(t_lo, t_hi):
             s = it % STAGES
+            _trace(progress_ptr, 2, r, it, msg, 21, TRACE)
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            _trace(progress_ptr, 2, r, it, msg, 22, TRACE)
             mbarrier.wait(p_ready, msg & 1)
             alpha = a_s.load(row_o)
             acc = acc * gl.expand_dims(alpha, 1)
@@ -292,6 +320,7 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
             mbarrier.arrive(k_free.index(s), count=1)
             msg += 1
             it += 1
+        _trace(progress_ptr, 2, r, it, msg, 23, TRACE)
         mbarrier.wait(p_ready, msg & 1)
         l_i = a_s.load(row_o)
         mbarrier.arrive(p_free, count=1)
@@ -302,6 +331,7 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
                     stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
                     OVERHEAD, False)
         line_pos += OVERHEAD + n_sched
+    _trace(progress_ptr, 2, end_req, it, msg, 29, TRACE)
 
 
 @gluon.jit
@@ -319,6 +349,7 @@ def _dense_decode_gluon_kernel(
     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr,
     OVERHEAD: gl.constexpr, META_COLS: gl.constexpr, CAUSAL: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, LOAD_REGS: gl.constexpr,
+    progress_ptr, TRACE: gl.constexpr,
 ):
     dtype: gl.constexpr = k_desc.dtype
     q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], q_desc.layout)
@@ -351,15 +382,15 @@ def _dense_decode_gluon_kernel(
                               stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
                               stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
                               stride_la_t, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD,
-                              META_COLS, CAUSAL, STAGES)),
+                              META_COLS, CAUSAL, STAGES, progress_ptr, TRACE)),
         (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, seqlens_ptr, meta_ptr,
                          num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, s_q, h_q,
                          stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
                          stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
                          stride_la_t, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, META_COLS,
-                         CAUSAL, STAGES)),
+                         CAUSAL, STAGES, progress_ptr, TRACE)),
         (_load_partition, (q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s, q_ready,
                            q_free, k_ready, k_free, block_table_ptr, seqlens_ptr, meta_ptr, s_q,
                            h_q, stride_bt, PAGE_SIZE, D_HALF, BLOCK_H, BLOCK_N, SCHED_N,
-                           OVERHEAD, META_COLS, CAUSAL, STAGES)),
+                           OVERHEAD, META_COLS, CAUSAL, STAGES, progress_ptr, TRACE)),
     ], [4, 1], [PV_REGS, LOAD_REGS])

@@ -158,8 +158,12 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 
 def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
-                               softmax_scale, causal, head_dim_v, stages):
-    """Gluon split kernel and combine for one call (the ``openmla::dense_decode_gluon`` op)."""
+                               softmax_scale, causal, head_dim_v, stages, progress=None):
+    """Gluon split kernel and combine for one call (the ``openmla::dense_decode_gluon`` op).
+
+    ``progress`` (debugging only): an int32 tensor of ``grid_ctas * 3 * 4`` elements in memory the
+    host can read while the kernel runs (pinned host memory); each partition of each CTA writes
+    its request, tile and message counters and the wait it enters (see ``_trace``)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -197,6 +201,7 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
         PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
         BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=GLUON_PV_REGS,
-        LOAD_REGS=GLUON_LOAD_REGS, num_warps=4)
+        LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
+        TRACE=progress is not None, num_warps=4)
     decode_combine(o_acc, lse_acc, num_splits, out, lse)
     return out, lse
