@@ -7,7 +7,7 @@
   :mod:`openmla.testing.naive`, with FlashMLA's tolerances (SPEC §4.1); exit status 1 on any
   failure.
 * ``openmla bench [--device D] [--ops ...] [--csv PATH] [--plot DIR] [--quick]`` — the harness of
-  :mod:`openmla.testing.bench` (ANCHORS.md shapes on a GPU, tiny shapes on a CPU).
+  :mod:`openmla.testing.bench` (FlashMLA's benchmark shapes on a GPU, tiny shapes on a CPU).
 """
 from __future__ import annotations
 
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ops to check (default: all)")
     p_check.set_defaults(func=cmd_check)
 
-    p_bench = sub.add_parser("bench", help="time every op (ANCHORS.md shapes on a GPU)")
+    p_bench = sub.add_parser("bench", help="time every op (FlashMLA's benchmark shapes on a GPU)")
     p_bench.add_argument("--device", default=argparse.SUPPRESS, help="torch device")
     p_bench.add_argument("--ops", nargs="+", choices=OPS, default=None,
                          help="ops to benchmark (default: all)")
