@@ -7,13 +7,14 @@ prints where each partition of each CTA waits (progress counters in pinned host 
 import subprocess
 import sys
 
-CASES = [  # (b, s_q, h_q, s_k, parts, causal, zero_seqlens)
-    (2, 1, 64, 640, 2, False, False),  # two parts, no request split
-    (1, 1, 64, 640, 1, False, False),  # one part
-    (1, 1, 64, 640, 2, False, False),  # one request split in two pieces
-    (1, 1, 64, 640, 3, False, False),
-    (4, 2, 64, 300, 3, True, False),
-    (74, 1, 128, 1500, 66, False, True),
+CASES = [  # (b, s_q, h_q, s_k, parts, causal, zero_seqlens, warps of the loader partition)
+    (2, 1, 64, 640, 2, False, False, 1),  # two parts, no request split
+    (1, 1, 64, 640, 3, False, False, 1),  # one request split in three pieces
+    (2, 1, 128, 200, 1, False, False, 1),  # two row tiles, one part
+    (4, 2, 64, 300, 3, True, False, 1),  # did not finish on 2026-11-22
+    (74, 1, 128, 1500, 66, False, True, 1),  # did not finish on 2026-11-22
+    (4, 2, 64, 300, 3, True, False, 4),
+    (74, 1, 128, 1500, 66, False, True, 4),
 ]
 
 CHILD = r"""
@@ -23,7 +24,7 @@ from openmla.ops.dense_decode.launch import GLUON_BLOCK_H, dense_decode_gluon_ke
 from openmla.ops.dense_decode.ref import dense_decode_ref
 from openmla.testing import generate as gen
 from openmla.testing.compare import TOLERANCES, compare
-b, s_q, h_q, s_k, parts, causal, zero = eval(sys.argv[1])
+b, s_q, h_q, s_k, parts, causal, zero, load_warps = eval(sys.argv[1])
 case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, zero_seqlens=zero, varlen=zero,
                                device="cuda", seed=1)
 lengths = case["cache_seqlens"]
@@ -33,7 +34,7 @@ progress = torch.full((ctas * 3 * 4,), -1, dtype=torch.int32, pin_memory=True)
 torch.cuda.synchronize()
 out, lse = dense_decode_gluon_kernels(case["q"], case["k_cache"], case["block_table"], lengths,
                                       meta, splits, case["softmax_scale"], causal, 512, 2,
-                                      progress=progress)
+                                      progress=progress, load_warps=load_warps)
 done = torch.cuda.Event()
 done.record()
 t0 = time.time()

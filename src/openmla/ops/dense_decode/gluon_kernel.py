@@ -349,7 +349,7 @@ def _dense_decode_gluon_kernel(
     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr,
     OVERHEAD: gl.constexpr, META_COLS: gl.constexpr, CAUSAL: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, LOAD_REGS: gl.constexpr,
-    progress_ptr, TRACE: gl.constexpr,
+    progress_ptr, TRACE: gl.constexpr, LOAD_WARPS: gl.constexpr,
 ):
     dtype: gl.constexpr = k_desc.dtype
     q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], q_desc.layout)
@@ -393,4 +393,4 @@ def _dense_decode_gluon_kernel(
                            q_free, k_ready, k_free, block_table_ptr, seqlens_ptr, meta_ptr, s_q,
                            h_q, stride_bt, PAGE_SIZE, D_HALF, BLOCK_H, BLOCK_N, SCHED_N,
                            OVERHEAD, META_COLS, CAUSAL, STAGES, progress_ptr, TRACE)),
-    ], [4, 1], [PV_REGS, LOAD_REGS])
+    ], [4, LOAD_WARPS], [PV_REGS, LOAD_REGS])

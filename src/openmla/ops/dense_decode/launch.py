@@ -18,6 +18,7 @@ GLUON_BLOCK_H = 64  # query rows per CTA: one wgmma M tile
 GLUON_BLOCK_N = 64  # keys per tile
 GLUON_STAGES = 2  # key-tile ring depth: Q (72 KiB) + 2 x K (72 KiB) + P fill 227 KiB of smem
 GLUON_PV_REGS = 208  # registers a thread of the PV warpgroup keeps (its 64x256 fp32 accumulator: 128)
+GLUON_LOAD_WARPS = 1  # warps of the TMA-issuing partition (4 is the variant to compare)
 GLUON_LOAD_REGS = 24  # the TMA-issuing warp needs few; 128 x (256 + 208 + 24) fits the 64K register file
 
 
@@ -158,7 +159,8 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 
 def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
-                               softmax_scale, causal, head_dim_v, stages, progress=None):
+                               softmax_scale, causal, head_dim_v, stages, progress=None,
+                               load_warps=GLUON_LOAD_WARPS):
     """Gluon split kernel and combine for one call (the ``openmla::dense_decode_gluon`` op).
 
     ``progress`` (debugging only): an int32 tensor of ``grid_ctas * 3 * 4`` elements in memory the
@@ -202,6 +204,6 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
         BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=GLUON_PV_REGS,
         LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
-        TRACE=progress is not None, num_warps=4)
+        TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4)
     decode_combine(o_acc, lse_acc, num_splits, out, lse)
     return out, lse
