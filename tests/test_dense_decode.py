@@ -196,9 +196,9 @@ GLUON_SHAPES = [  # (b, s_q, h_q, s_k, page_block_size, causal, varlen, zero_seq
 
 @pytest.mark.gpu
 @pytest.mark.skipif(os.environ.get("OPENMLA_TEST_GLUON") != "1",
-                    reason="experimental Gluon kernel: some launches do not finish (open fault, "
-                           "see ops/dense_decode/__init__.gluon_supports); OPENMLA_TEST_GLUON=1 "
-                           "runs these")
+                    reason="experimental Gluon kernel, not yet validated on a GPU since the fix "
+                           "of its loader loop (docs/dense_decode.md); OPENMLA_TEST_GLUON=1 runs "
+                           "these")
 @pytest.mark.parametrize("shape", GLUON_SHAPES)
 def test_gluon_kernel_vs_reference(shape, monkeypatch):
     from openmla.ops.dense_decode.ref import dense_decode_ref

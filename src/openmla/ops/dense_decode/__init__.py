@@ -39,10 +39,10 @@ GLUON_MIN_ROWS = 64  # s_q * h_q: the Gluon kernel computes 64-row wgmma tiles
 def gluon_supports(info, problem) -> bool:
     """Hopper, one KV head, pages of whole 64-key tiles, at least one full 64-row query tile.
 
-    Experimental: selected only when forced (OPENMLA_BACKEND_DENSE_DECODE=gluon). On an H200 it
-    is correct when each program's part holds few pieces, but launches with several 64-row
-    tiles and split requests (b=74 h_q=128, or s_q=2 h_q=64 over 3 parts) did not finish:
-    a synchronisation fault still open (benchmarks/gluon_hang_probe.py reproduces it)."""
+    Experimental: selected only when forced (OPENMLA_BACKEND_DENSE_DECODE=gluon) until it has
+    passed its GPU tier. On an H200 launches whose parts held several requests hung; the cause
+    (Triton 3.6 dropped the loader partition's loop-carried ``line_pos``, see gluon_kernel.py) is
+    fixed and guarded by tests/test_compiled_ir.py, not yet re-run on a GPU."""
     if forced_backend("dense_decode") != "gluon":
         return False
     if not (info.is_hopper and not interpreting() and triton_available()):

@@ -120,7 +120,11 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
     k_bytes: gl.constexpr = 2 * k_desc.block_type.nbytes + kr_desc.block_type.nbytes
     it = 0
     rq = 0
-    for r in range(begin_req, end_req + 1):
+    r = begin_req
+    # A while loop, not `for r in range(...)`: Triton 3.6 drops a for loop's carried value that
+    # is used only as the bounds of an inner loop (line_pos here), which froze the block ranges
+    # at the part's first request and made the loader disagree with the consumers (a hang).
+    while r <= end_req:
         seqlen, n_sched, t_lo, t_hi = _request_blocks(
             seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
             BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
@@ -148,6 +152,7 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
             it += 1
         line_pos += OVERHEAD + n_sched
         rq += 1
+        r += 1
     _trace(progress_ptr, 0, end_req, it, rq, 9, TRACE)
 
 
