@@ -62,3 +62,22 @@ def triton_available() -> bool:
     except Exception:  # pragma: no cover - depends on the host
         return False
     return True
+
+
+GLUON_TRITON = (3, 6)  # the Triton release whose Gluon API the Hopper kernels are written for
+
+
+@functools.lru_cache(maxsize=None)
+def gluon_available() -> bool:
+    """True when ``triton.experimental.gluon`` of the Triton release the Gluon kernels target is
+    importable (Gluon's API still changes between releases)."""
+    try:
+        import triton
+        from triton.experimental import gluon  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the host
+        return False
+    try:
+        major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+    except ValueError:  # pragma: no cover - unusual version strings
+        return False
+    return (major, minor) == GLUON_TRITON

@@ -1,5 +1,5 @@
 """Dense MLA decode over a paged BF16/FP16 KV cache (SPEC §2.1)."""
-from ...device import interpreting, triton_available
+from ...device import gluon_available, interpreting, triton_available
 from ...dispatch import forced_backend, register
 from .ref import dense_decode_ref
 
@@ -45,7 +45,7 @@ def gluon_supports(info, problem) -> bool:
     fixed and guarded by tests/test_compiled_ir.py, not yet re-run on a GPU."""
     if forced_backend("dense_decode") != "gluon":
         return False
-    if not (info.is_hopper and not interpreting() and triton_available()):
+    if not (info.is_hopper and not interpreting() and gluon_available()):
         return False
     if not problem:  # `openmla info`: the device alone
         return True
