@@ -45,6 +45,17 @@ def _trace(progress_ptr, partition: gl.constexpr, r, step, msg, site: gl.constex
 
 
 @gluon.jit
+def _part(meta_ptr, pid_part, META_COLS: gl.constexpr):
+    """Part ``pid_part`` of the schedule: its first and last request, the first request's
+    position on the schedule's line, the payload, and the part's interval on that line."""
+    meta = meta_ptr + pid_part * META_COLS
+    payload = gl.load(meta + 3)
+    part_lo = pid_part * payload
+    return (gl.load(meta + 0), gl.load(meta + 1), gl.load(meta + 2), payload, part_lo,
+            part_lo + payload)
+
+
+@gluon.jit
 def _request_blocks(seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
                     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr,
                     OVERHEAD: gl.constexpr, CAUSAL: gl.constexpr):
@@ -109,13 +120,8 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
-    meta = meta_ptr + pid_part * META_COLS
-    begin_req = gl.load(meta + 0)
-    end_req = gl.load(meta + 1)
-    line_pos = gl.load(meta + 2)
-    payload = gl.load(meta + 3)
-    part_lo = pid_part * payload
-    part_hi = part_lo + payload
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
+                                                                    META_COLS)
     q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
     k_bytes: gl.constexpr = 2 * k_desc.block_type.nbytes + kr_desc.block_type.nbytes
     it = 0
@@ -182,13 +188,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
-    meta = meta_ptr + pid_part * META_COLS
-    begin_req = gl.load(meta + 0)
-    end_req = gl.load(meta + 1)
-    line_pos = gl.load(meta + 2)
-    payload = gl.load(meta + 3)
-    part_lo = pid_part * payload
-    part_hi = part_lo + payload
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
+                                                                    META_COLS)
 
     rows_s = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_s)
     last_off_s = rows_s // h_q  # token of each row, for the causal mask
@@ -292,13 +293,8 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
-    meta = meta_ptr + pid_part * META_COLS
-    begin_req = gl.load(meta + 0)
-    end_req = gl.load(meta + 1)
-    line_pos = gl.load(meta + 2)
-    payload = gl.load(meta + 3)
-    part_lo = pid_part * payload
-    part_hi = part_lo + payload
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
+                                                                    META_COLS)
     rows_o = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
     mask_o = rows_o < rows
     tok_o = rows_o // h_q

@@ -62,6 +62,25 @@ def dense_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, block_table: torc
                                            GLUON_STAGES)
 
 
+def _outputs(q: torch.Tensor, head_dim_v: int, num_parts: int):
+    """``out [b, s_q, h_q, dv]`` (q's dtype), ``lse [b, h_q, s_q]`` and the split accumulators
+    ``o_acc [b + P, s_q, h_q, dv]`` / ``lse_acc [b + P, s_q, h_q]`` (b + P bounds the pieces)."""
+    b, s_q, h_q, _ = q.shape
+    pieces = b + num_parts
+    return (torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device),
+            torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device),
+            torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device),
+            torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device))
+
+
+def _output_strides(out, lse, o_acc, lse_acc) -> tuple[int, ...]:
+    """The stride arguments every split kernel takes for its outputs, in its argument order."""
+    return (out.stride(0), out.stride(1), out.stride(2),
+            lse.stride(0), lse.stride(1), lse.stride(2),
+            o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
+            lse_acc.stride(0), lse_acc.stride(1))
+
+
 def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
                          softmax_scale, causal, head_dim_v, block_h, block_n, num_warps,
                          num_stages, use_tma):
@@ -72,11 +91,7 @@ def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_split
     rows = s_q * group
     num_parts = meta.shape[0]
     causal = bool(causal) and s_q > 1
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
-    pieces = b + num_parts  # upper bound of the schedule's pieces
-    o_acc = torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
-    lse_acc = torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device)
+    out, lse, o_acc, lse_acc = _outputs(q, head_dim_v, num_parts)
     grid = (-(-rows // block_h), h_kv, num_parts)
     if use_tma and _tma_ok(q, k_cache, block_h, block_n):
         _launch_tma(grid, q, k_cache, block_table, cache_seqlens, meta, num_splits, out, lse,
@@ -91,10 +106,7 @@ def dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_split
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1), lse.stride(2),
-        o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
-        lse_acc.stride(0), lse_acc.stride(1),
+        *_output_strides(out, lse, o_acc, lse_acc),
         PAGE_SIZE=page_size, D_NOPE=head_dim_v, D_ROPE=d - head_dim_v,
         BLOCK_H=block_h, BLOCK_N=block_n, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD,
         META_COLS=META_COLS,
@@ -138,10 +150,7 @@ def _launch_tma(grid, q, k_cache, block_table, cache_seqlens, meta, num_splits, 
         out, lse, o_acc, lse_acc,
         softmax_scale * LOG2E, s_q, h_q,
         block_table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1), lse.stride(2),
-        o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
-        lse_acc.stride(0), lse_acc.stride(1),
+        *_output_strides(out, lse, o_acc, lse_acc),
         PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope,
         BLOCK_H=block_h, BLOCK_N=block_n, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD,
         META_COLS=META_COLS, CAUSAL=bool(causal) and s_q > 1, UPCAST_DOT=interpreting(),
@@ -176,11 +185,7 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     rows = s_q * h_q
     num_parts = meta.shape[0]
     half, d_rope = head_dim_v // 2, d - head_dim_v
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device)
-    lse = torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device)
-    pieces = b + num_parts
-    o_acc = torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
-    lse_acc = torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device)
+    out, lse, o_acc, lse_acc = _outputs(q, head_dim_v, num_parts)
     gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     q2 = q.contiguous().view(b * rows, d)
     k2 = k_cache.view(num_pages * page_size, d)
@@ -196,10 +201,7 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
         block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
         softmax_scale * LOG2E, s_q, h_q,
         block_table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1), lse.stride(2),
-        o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
-        lse_acc.stride(0), lse_acc.stride(1),
+        *_output_strides(out, lse, o_acc, lse_acc),
         PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
         BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=GLUON_PV_REGS,
