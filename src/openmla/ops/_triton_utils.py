@@ -15,3 +15,20 @@ def round_to_bf16_grid(x):
     bits = x.to(tl.uint32, bitcast=True)
     bits = (bits + (((bits >> 16) & 1) + BF16_HALF_ULP)) & BF16_LOW_BITS
     return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def softmax_pv_step(s, valid, m_i, l_i, acc0, acc1, v0, v1, UPCAST_DOT: tl.constexpr):
+    """One key tile of the online softmax (base 2): scores ``s`` (already scaled by log2 e) with
+    ``valid`` masking, running max ``m_i`` and sum ``l_i``, and ``acc0 / acc1 += P·v0 / P·v1``
+    for the two 256-wide halves of the output. Returns ``(m_new, l_i, acc0, acc1)``."""
+    s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))  # [BLOCK_H]
+    p = tl.exp2(s - m_new[:, None])  # [BLOCK_H, BLOCK_N]
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if not UPCAST_DOT:
+        p = p.to(v0.dtype)
+    acc0 = tl.dot(p, v0, acc0 * alpha[:, None])  # [BLOCK_H, D_HALF]
+    acc1 = tl.dot(p, v1, acc1 * alpha[:, None])
+    return m_new, l_i, acc0, acc1

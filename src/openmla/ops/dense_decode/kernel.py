@@ -11,7 +11,7 @@ one writes its piece (locally normalised output, base-2 lse) for the combine ker
 import triton
 import triton.language as tl
 
-from .._triton_utils import round_to_bf16_grid
+from .._triton_utils import round_to_bf16_grid, softmax_pv_step
 
 LN2 = tl.constexpr(0.6931471805599453)
 MAX_SENTINEL = tl.constexpr(-1.0e30)  # running-max start: finite, so exp2(m_old - m_new) never sees -inf - -inf
@@ -155,21 +155,6 @@ def _dense_decode_kernel(
 
 
 @triton.jit
-def _softmax_pv_step(s, valid, m_i, l_i, acc0, acc1, v0, v1, UPCAST_DOT: tl.constexpr):
-    """One key tile of the online softmax (base 2) for the two 256-wide output halves."""
-    s = tl.where(valid, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))  # [BLOCK_H]
-    p = tl.exp2(s - m_new[:, None])  # [BLOCK_H, BLOCK_N]
-    alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    if not UPCAST_DOT:
-        p = p.to(v0.dtype)
-    acc0 = tl.dot(p, v0, acc0 * alpha[:, None])  # [BLOCK_H, D_HALF]
-    acc1 = tl.dot(p, v1, acc1 * alpha[:, None])
-    return m_new, l_i, acc0, acc1
-
-
-@triton.jit
 def _dense_decode_tma_kernel(
     q_desc, qr_desc, k_desc, kr_desc,  # tensor descriptors: q [b*s_q*h_q, D], k [pages, PAGE, D]
     block_table_ptr, seqlens_ptr, meta_ptr, num_splits_ptr,
@@ -257,7 +242,7 @@ def _dense_decode_tma_kernel(
                 valid = (key0 + offs_n)[None, :] <= row_last[:, None]
             else:
                 valid = tl.full([1, BLOCK_N], 1, tl.int1)
-            m_i, l_i, acc0, acc1 = _softmax_pv_step(s, valid, m_i, l_i, acc0, acc1, k0, k1,
+            m_i, l_i, acc0, acc1 = softmax_pv_step(s, valid, m_i, l_i, acc0, acc1, k0, k1,
                                                     UPCAST_DOT)
         if t_full < t_hi:  # the last tile runs past the sequence end
             key0 = t_full * BLOCK_N
@@ -281,7 +266,7 @@ def _dense_decode_tma_kernel(
             valid = in_seq[None, :]
             if CAUSAL:
                 valid = valid & (keys[None, :] <= row_last[:, None])
-            m_i, l_i, acc0, acc1 = _softmax_pv_step(s, valid, m_i, l_i, acc0, acc1, k0, k1,
+            m_i, l_i, acc0, acc1 = softmax_pv_step(s, valid, m_i, l_i, acc0, acc1, k0, k1,
                                                     UPCAST_DOT)
         _store_request(out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, num_splits_ptr, acc0, m_i, l_i,
                        r, r64, tok, head, mask_r, offs_d0, line_pos, n_sched, payload, pid_part,

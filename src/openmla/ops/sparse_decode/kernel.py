@@ -22,7 +22,7 @@ here; a split one writes its piece (locally normalised output, base-2 lse) for t
 import triton
 import triton.language as tl
 
-from .._triton_utils import round_to_bf16_grid
+from .._triton_utils import round_to_bf16_grid, softmax_pv_step
 
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -128,15 +128,8 @@ def _attend_tile(acc0, acc1, m_i, l_i, q0, q1, qr, cache_ptr, idx_row, slot0, le
         if UPCAST_DOT:
             kr = kr.to(tl.float32)
         s = tl.dot(qr, tl.trans(kr), s)
-    s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))  # [BLOCK_H]
-    p = tl.exp2(s - m_new[:, None])  # [BLOCK_H, BLOCK_N]
-    alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    if not UPCAST_DOT:
-        p = p.to(tl.bfloat16)
-    acc0 = tl.dot(p, k0, acc0 * alpha[:, None])  # [BLOCK_H, D_HALF]
-    acc1 = tl.dot(p, k1, acc1 * alpha[:, None])
+    m_new, l_i, acc0, acc1 = softmax_pv_step(s * scale_log2, valid[None, :], m_i, l_i, acc0,
+                                             acc1, k0, k1, UPCAST_DOT)
     return acc0, acc1, m_new, l_i
 
 
