@@ -1,4 +1,5 @@
-"""Compile the decode kernels for Hopper (sm_90, no GPU needed) and check a property of the IR
+"""Compile the decode kernels (dense: pointer, descriptor and Gluon; sparse) for Hopper (sm_90, no
+GPU needed) and check a property of the IR
 that the interpreter cannot show: every loop over a part's requests carries ``line_pos``, the
 request's position on the schedule's line.
 
@@ -56,6 +57,17 @@ elif which == "tma":
               NUM_STAGES=2)
     src = ASTSource(fn=fn, signature=signature(fn, types, ce), constexprs=ce)
     options = {"num_warps": 8, "num_stages": 2}
+elif which == "sparse":
+    from openmla.ops.sparse_decode.kernel import _sparse_decode_kernel as fn
+    types = {"q_ptr": "*bf16", "k_ptr": "*u8", "idx_ptr": "*i32", "topk_len_ptr": "*i32",
+             "ek_ptr": "*u8", "eidx_ptr": "*i32", "etopk_len_ptr": "*i32", "sink_ptr": "*fp32",
+             "meta_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": "*bf16",
+             "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32"}
+    ce = dict(PAGE_SIZE=64, EXTRA_PAGE_SIZE=64, MODEL1=True, HAS_TOPK_LEN=True, HAS_EXTRA=True,
+              HAS_EXTRA_TOPK_LEN=True, HAS_SINK=True, BLOCK_H=64, BLOCK_N=64, SCHED_N=64,
+              OVERHEAD=5, META_COLS=8, UPCAST_DOT=False, ROUND_OUT=False)
+    src = ASTSource(fn=fn, signature=signature(fn, types, ce), constexprs=ce)
+    options = {"num_warps": 8, "num_stages": 1}
 else:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -78,7 +90,7 @@ for line in request_loops(k.asm["ttgir"]):
 """
 
 
-@pytest.mark.parametrize("kernel,loops", [("pointer", 1), ("tma", 1), ("gluon", 3)])
+@pytest.mark.parametrize("kernel,loops", [("pointer", 1), ("tma", 1), ("sparse", 1), ("gluon", 3)])
 def test_request_loops_carry_line_pos(kernel, loops):
     pytest.importorskip("triton")
     from openmla.device import GLUON_TRITON, gluon_available

@@ -32,3 +32,15 @@ def softmax_pv_step(s, valid, m_i, l_i, acc0, acc1, v0, v1, UPCAST_DOT: tl.const
     acc0 = tl.dot(p, v0, acc0 * alpha[:, None])  # [BLOCK_H, D_HALF]
     acc1 = tl.dot(p, v1, acc1 * alpha[:, None])
     return m_new, l_i, acc0, acc1
+
+
+@triton.jit
+def schedule_part(meta_ptr, pid_part, META_COLS: tl.constexpr):
+    """Row ``pid_part`` of the split-KV schedule (``ops/schedule``): the part's first and last
+    request, the first request's position on the schedule's line, the payload, and the part's
+    interval ``[part_lo, part_hi)`` on that line."""
+    meta = meta_ptr + pid_part * META_COLS
+    payload = tl.load(meta + 3)
+    part_lo = pid_part * payload
+    return (tl.load(meta + 0), tl.load(meta + 1), tl.load(meta + 2), payload, part_lo,
+            part_lo + payload)

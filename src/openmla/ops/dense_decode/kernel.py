@@ -11,7 +11,7 @@ one writes its piece (locally normalised output, base-2 lse) for the combine ker
 import triton
 import triton.language as tl
 
-from .._triton_utils import round_to_bf16_grid, softmax_pv_step
+from .._triton_utils import round_to_bf16_grid, schedule_part, softmax_pv_step
 
 LN2 = tl.constexpr(0.6931471805599453)
 MAX_SENTINEL = tl.constexpr(-1.0e30)  # running-max start: finite, so exp2(m_old - m_new) never sees -inf - -inf
@@ -73,13 +73,8 @@ def _dense_decode_kernel(
     pid_part = tl.program_id(2)
     rows = s_q * group
 
-    meta = meta_ptr + pid_part * META_COLS
-    begin_req = tl.load(meta + 0)
-    end_req = tl.load(meta + 1)
-    line_pos = tl.load(meta + 2)  # position of begin_req on the schedule's line
-    payload = tl.load(meta + 3)
-    part_lo = pid_part * payload
-    part_hi = part_lo + payload
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(meta_ptr, pid_part,
+                                                                            META_COLS)
 
     offs_r = pid_row * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H] query rows of this tile
     mask_r = offs_r < rows
@@ -179,13 +174,8 @@ def _dense_decode_tma_kernel(
     pid_row = tl.program_id(0)
     pid_part = tl.program_id(2)
     rows = s_q * h_q
-    meta = meta_ptr + pid_part * META_COLS
-    begin_req = tl.load(meta + 0)
-    end_req = tl.load(meta + 1)
-    line_pos = tl.load(meta + 2)
-    payload = tl.load(meta + 3)
-    part_lo = pid_part * payload
-    part_hi = part_lo + payload
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(meta_ptr, pid_part,
+                                                                            META_COLS)
     SUB: tl.constexpr = SCHED_N // BLOCK_N  # key tiles per scheduling block
 
     offs_r = pid_row * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H]

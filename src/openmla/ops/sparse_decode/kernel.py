@@ -22,7 +22,7 @@ here; a split one writes its piece (locally normalised output, base-2 lse) for t
 import triton
 import triton.language as tl
 
-from .._triton_utils import round_to_bf16_grid, softmax_pv_step
+from .._triton_utils import round_to_bf16_grid, schedule_part, softmax_pv_step
 
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -171,13 +171,8 @@ def _sparse_decode_kernel(
     pid_part = tl.program_id(2)
     SUB: tl.constexpr = SCHED_N // BLOCK_N  # tiles per scheduling block
 
-    meta = meta_ptr + pid_part * META_COLS
-    begin_req = tl.load(meta + 0)
-    end_req = tl.load(meta + 1)
-    line_pos = tl.load(meta + 2)  # position of begin_req on the schedule's line
-    payload = tl.load(meta + 3)
-    part_lo = pid_part * payload
-    part_hi = part_lo + payload
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(meta_ptr, pid_part,
+                                                                            META_COLS)
 
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)  # [BLOCK_H] query heads of this tile
     mask_h = offs_h < h_q
