@@ -1,7 +1,6 @@
 """Compile the decode kernels (dense: pointer, descriptor and Gluon; sparse) for Hopper (sm_90, no
-GPU needed) and check a property of the IR
-that the interpreter cannot show: every loop over a part's requests carries ``line_pos``, the
-request's position on the schedule's line.
+GPU needed) and check a property of the IR that the interpreter cannot show: every loop over a
+part's requests carries ``line_pos``, the request's position on the schedule's line.
 
 Triton 3.6 drops a for loop's carried value when it is used only as the bounds of an inner loop;
 the Gluon kernel's loader partition lost ``line_pos`` that way (its block ranges froze at the part's
