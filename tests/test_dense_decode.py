@@ -3,7 +3,6 @@ kernel + combine against the independent loop implementation (CPU: under the Tri
 interpreter, tiny shapes), its torch.library registration, and on CUDA its dispatch, CUDA-graph
 replay, run-to-run bitwise determinism and torch.compile parity."""
 import math
-import os
 
 import pytest
 import torch
@@ -191,14 +190,14 @@ GLUON_SHAPES = [  # (b, s_q, h_q, s_k, page_block_size, causal, varlen, zero_seq
     (16, 4, 64, 3000, 128, True, True, False),
     (9, 3, 128, 777, 256, True, True, True),
     (128, 2, 128, 4096, 64, True, True, False),
+    (3, 1, 16, 700, 64, False, True, True),  # fewer than 64 query rows: one padded tile
+    (1, 1, 8, 300, 64, False, False, False),  # Q has fewer rows than one tile
+    (7, 2, 24, 900, 64, True, True, False),  # 48 rows, tiles straddle requests' Q rows
+    (40, 1, 32, 5000, 128, False, True, True),
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(os.environ.get("OPENMLA_TEST_GLUON") != "1",
-                    reason="experimental Gluon kernel, not yet validated on a GPU since the fix "
-                           "of its loader loop (docs/dense_decode.md); OPENMLA_TEST_GLUON=1 runs "
-                           "these")
 @pytest.mark.parametrize("shape", GLUON_SHAPES)
 def test_gluon_kernel_vs_reference(shape, monkeypatch):
     from openmla.ops.dense_decode.ref import dense_decode_ref

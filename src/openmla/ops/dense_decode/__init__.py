@@ -1,6 +1,6 @@
 """Dense MLA decode over a paged BF16/FP16 KV cache (SPEC §2.1)."""
 from ...device import gluon_available, interpreting, triton_available
-from ...dispatch import forced_backend, register
+from ...dispatch import register
 from .ref import dense_decode_ref
 
 D_QK_KERNEL = 576  # the kernels take DeepSeek V3's 512 latent + 64 RoPE dims
@@ -33,25 +33,17 @@ def run_gluon(q, k_cache, block_table, cache_seqlens, softmax_scale, causal, hea
                               head_dim_v, sched)
 
 
-GLUON_MIN_ROWS = 64  # s_q * h_q: the Gluon kernel computes 64-row wgmma tiles
-
-
 def gluon_supports(info, problem) -> bool:
-    """Hopper, one KV head, pages of whole 64-key tiles, at least one full 64-row query tile.
+    """Hopper, one KV head, pages of whole 64-key tiles (others run the portable kernel).
 
-    Experimental: selected only when forced (OPENMLA_BACKEND_DENSE_DECODE=gluon) until it has
-    passed its GPU tier. On an H200 launches whose parts held several requests hung; the cause
-    (Triton 3.6 dropped the loader partition's loop-carried ``line_pos``, see gluon_kernel.py) is
-    fixed and guarded by tests/test_compiled_ir.py, not yet re-run on a GPU."""
-    if forced_backend("dense_decode") != "gluon":
-        return False
+    Requests with fewer than 64 query rows (s_q * h_q) are padded to one 64-row wgmma tile: the
+    extra rows read neighbouring rows of Q (zeros past its end) and are never written."""
     if not (info.is_hopper and not interpreting() and gluon_available()):
         return False
     if not problem:  # `openmla info`: the device alone
         return True
-    rows = problem.get("s_q", 0) * problem.get("h_q", 0) // max(problem.get("h_kv", 1), 1)
     return (problem.get("d") == D_QK_KERNEL and problem.get("h_kv") == 1
-            and problem.get("page_block_size", 0) % 64 == 0 and rows >= GLUON_MIN_ROWS)
+            and problem.get("page_block_size", 0) % 64 == 0)
 
 
 def triton_supports(info, problem) -> bool:

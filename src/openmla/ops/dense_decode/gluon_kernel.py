@@ -226,6 +226,11 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             sc = warpgroup_mma(q_s.index(1), k1.permute((1, 0)), sc, is_async=True)
             sc = warpgroup_mma(qr_s, kr_s.index(s).permute((1, 0)), sc, is_async=True)
             sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+            if t == t_hi - 1:
+                # Q is read only by S = Q·Kᵀ: free it as soon as the last tile's scores are in
+                # registers, so the next request's Q (and key tiles) load under this tile's
+                # softmax and P·V instead of after them
+                mbarrier.arrive(q_free, count=1)
             key0 = t * BLOCK_N
             keys = key0 + offs_n
             valid = gl.expand_dims(keys < seqlen, 0)
@@ -258,7 +263,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(k_free.index(s), count=1)
             it += 1
-        mbarrier.arrive(q_free, count=1)
+        if t_hi <= t_lo:  # a request with no key tile in this part: Q was never read
+            mbarrier.arrive(q_free, count=1)
         # final message of the request: the row sums, for the PV warpgroup's normalisation
         _trace(progress_ptr, 1, r, it, msg, 14, TRACE)
         mbarrier.wait(p_free, (msg & 1) ^ 1)

@@ -2,7 +2,7 @@
 import torch
 
 from ...device import interpreting, triton_available
-from ...dispatch import forced_backend, register
+from ...dispatch import register
 from .ref import mha_prefill_bwd_ref, mha_prefill_fwd_ref
 
 TRITON_MAX_HEAD_DIM = 256  # d_qk and d_v (config.MAX_HEAD_DIM; not imported: no triton here)
@@ -37,13 +37,9 @@ def run_triton_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, sof
 
 
 def triton_supports(info, problem) -> bool:
-    """CPU tensors under the Triton interpreter; CUDA only when forced
-    (``OPENMLA_BACKEND_MHA_PREFILL=triton``): the kernels have not run on a GPU yet. Enabled by
-    default on CUDA once validated on a GPU. Head dims up to 256, bf16 / fp16."""
-    if info.kind == "cuda":
-        on_device = forced_backend("mha_prefill") == "triton"
-    else:
-        on_device = info.kind == "cpu" and interpreting()
+    """CUDA / ROCm devices, or CPU tensors under the Triton interpreter. Head dims up to 256,
+    bf16 / fp16."""
+    on_device = info.kind == "cuda" or (info.kind == "cpu" and interpreting())
     if not (on_device and triton_available()):
         return False
     return (problem.get("d_qk", 0) <= TRITON_MAX_HEAD_DIM

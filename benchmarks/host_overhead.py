@@ -1,0 +1,96 @@
+"""Where the time of a public decode call goes: GPU time (CUDA-graph replay of the whole call),
+the event-timed call (what `openmla bench` reports: host gaps between kernels included) and the
+host time per call (calls queued without synchronisation), per backend, with a cProfile of the
+host side of the slowest backend.
+
+    PYTHONPATH=src python benchmarks/host_overhead.py [--shape b s_q h_q s_k]
+"""
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import time
+
+import torch
+
+import openmla
+from openmla.testing import generate as gen
+from openmla.testing.bench import time_fn
+
+
+def graph_time_us(fn, reps=50):
+    """Median-free mean of ``reps`` replays of a graph holding one call (GPU time only)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def host_time_us(fn, reps=200):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / reps * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", nargs=4, type=int, default=[128, 1, 128, 1024])
+    ap.add_argument("--backends", nargs="*", default=["triton", "gluon"])
+    args = ap.parse_args()
+    b, s_q, h_q, s_k = args.shape
+    case = gen.dense_decode_inputs(b, s_q, h_q, s_k, device="cuda", seed=0)
+    kw = gen.public_kwargs(case)
+    meta = openmla.get_mla_metadata()[0]  # one schedule reused, as an engine does per step
+
+    def call():
+        return openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=meta)
+
+    rows = []
+    for be in args.backends:
+        os.environ["OPENMLA_BACKEND_DENSE_DECODE"] = be
+        meta = openmla.get_mla_metadata()[0]
+        call()
+        ev = time_fn(call, device="cuda", budget_s=0.5, max_runs=100).p50
+        gr = graph_time_us(call)
+        ho = host_time_us(call)
+        rows.append((be, ev, gr, ho))
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(100):
+            call()
+        pr.disable()
+        torch.cuda.synchronize()
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(14)
+        print(f"--- host profile, {be}, 100 calls ---")
+        print("\n".join(buf.getvalue().splitlines()[6:24]))
+    print(f"\nshape b={b} s_q={s_q} h_q={h_q} s_k={s_k}")
+    print(f"{'backend':8} {'events us':>10} {'graph us':>10} {'host us':>10}")
+    for be, ev, gr, ho in rows:
+        print(f"{be:8} {ev:10.1f} {gr:10.1f} {ho:10.1f}")
+
+
+if __name__ == "__main__":
+    main()
