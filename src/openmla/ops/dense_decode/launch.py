@@ -2,6 +2,7 @@
 kernel → combine, each a torch.library op. No host synchronisation anywhere."""
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -167,6 +168,15 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
             and k_cache.data_ptr() % TMA_ALIGN_BYTES == 0)
 
 
+@functools.lru_cache(maxsize=None)
+def _nvmma_layout(block: tuple[int, ...], gdt):
+    """The swizzled shared layout of a TMA block (built once per shape and dtype: a few
+    microseconds of host time per descriptor otherwise)."""
+    from triton.experimental.gluon import language as gl
+
+    return gl.NVMMASharedLayout.get_default_for(list(block), gdt)
+
+
 def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
                                softmax_scale, causal, head_dim_v, stages, progress=None,
                                load_warps=GLUON_LOAD_WARPS):
@@ -191,8 +201,8 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     k2 = k_cache.view(num_pages * page_size, d)
 
     def desc(t, block):
-        layout = gl.NVMMASharedLayout.get_default_for(block, gdt)
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
+                                _nvmma_layout(tuple(block), gdt))
 
     grid = (-(-rows // GLUON_BLOCK_H), 1, num_parts)
     _dense_decode_gluon_kernel[grid](
