@@ -163,9 +163,9 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Whether the Gluon kernel can address these tensors: one KV head, pages of whole key
     tiles stored without padding (2-D descriptor over the cache), 16-byte aligned bases."""
     num_pages, page_size, h_kv, d = k_cache.shape
+    # (base addresses are checked inside the op, where torch.compile does not trace)
     return (h_kv == 1 and num_pages > 0 and page_size % GLUON_BLOCK_N == 0
-            and k_cache.stride(1) == d and k_cache.stride(0) == page_size * d
-            and k_cache.data_ptr() % TMA_ALIGN_BYTES == 0)
+            and k_cache.stride(1) == d and k_cache.stride(0) == page_size * d)
 
 
 @functools.lru_cache(maxsize=None)
@@ -195,9 +195,16 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     rows = s_q * h_q
     num_parts = meta.shape[0]
     half, d_rope = head_dim_v // 2, d - head_dim_v
+    q = q.contiguous()
+    if q.data_ptr() % TMA_ALIGN_BYTES or k_cache.data_ptr() % TMA_ALIGN_BYTES:
+        # the copy engine cannot address these bases: the portable kernel, same schedule
+        cfg = pick_config(rows, 1, device_info(q.device), page_size)
+        return dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
+                                    softmax_scale, causal, head_dim_v, cfg.block_h, cfg.block_n,
+                                    cfg.num_warps, cfg.num_stages, cfg.use_tma)
     out, lse, o_acc, lse_acc = _outputs(q, head_dim_v, num_parts)
     gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    q2 = q.contiguous().view(b * rows, d)
+    q2 = q.view(b * rows, d)
     k2 = k_cache.view(num_pages * page_size, d)
 
     def desc(t, block):
