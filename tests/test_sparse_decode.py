@@ -306,3 +306,165 @@ def test_torch_compile_fullgraph_parity_gpu(triton_backend):
     want = step(*args)
     got = torch.compile(step, fullgraph=True)(*args)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+# ---- Hopper fast path (Gluon) -------------------------------------------------------------------
+
+def _gluon_usable() -> bool:
+    from openmla.device import gluon_available
+
+    return (torch.cuda.is_available() and device_info("cuda").is_hopper and not interpreting()
+            and gluon_available())
+
+
+@pytest.fixture
+def gluon_backend(monkeypatch):
+    if not _gluon_usable():
+        pytest.skip("the Gluon sparse-decode kernel needs a Hopper GPU and Triton 3.6's Gluon")
+    monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_DECODE", "gluon")
+
+
+def test_gluon_backend_only_when_forced(monkeypatch):
+    """Not yet validated on a GPU: the Gluon backend is never chosen unless forced, and where it
+    is forced on a device that cannot run it the dispatcher says so."""
+    from openmla.ops.sparse_decode import gluon_supports
+
+    h100 = DeviceInfo("cuda", 90, 132, "H100")
+    monkeypatch.delenv("OPENMLA_BACKEND_SPARSE_DECODE", raising=False)
+    monkeypatch.delenv("OPENMLA_BACKEND", raising=False)
+    assert not gluon_supports(h100, {"d_qk": 576})
+    monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_DECODE", "gluon")
+    assert not gluon_supports(DeviceInfo("cuda", 80, 108, "A100"), {"d_qk": 576})
+    assert not gluon_supports(DeviceInfo("cpu", 0, 0), {"d_qk": 576})
+
+
+def test_gluon_op_fake_shapes():
+    """The op's fake implementation (torch.compile tracing) gives the launcher's shapes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(3, 2, 16, 576, dtype=BF16)
+        out, lse = torch.ops.openmla.sparse_decode_gluon(
+            q, torch.empty(4, 64, 1, 656, dtype=torch.uint8), torch.empty(3, 2, 64, dtype=torch.int32),
+            torch.empty(5, 8, dtype=torch.int32), torch.empty(4, dtype=torch.int32), 0.1, 512, None,
+            None, 2)
+    assert out.shape == (3, 2, 16, 512) and out.dtype == BF16
+    assert lse.shape == (3, 2, 16) and lse.dtype == torch.float32
+
+
+_COMPILE_PROGRAM = r"""
+import os, re, subprocess, tempfile, triton
+from openmla.ops.sparse_decode.gluon_launch import compile_sm90
+k = compile_sm90()
+ptx = k.asm["ptx"]
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+    f.write(ptx)
+res = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull], capture_output=True,
+                     text=True)
+os.unlink(f.name)
+spills = re.search(r"(\d+) bytes spill stores", res.stderr + res.stdout)
+print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
+print("spill", spills.group(1) if spills else -1)
+print("smem", k.metadata.shared)
+"""
+
+# ptxas spills a few loop scalars (no tensor data) of the warp-specialized partitions; a bound,
+# not zero, until the register split is retuned on the GPU (see gluon_launch.GLUON_PV_REGS)
+MAX_SCALAR_SPILL_BYTES = 128
+MAX_SMEM_BYTES = 232448  # Hopper: 227 KiB of dynamic shared memory per block
+
+
+def test_gluon_kernel_compiles_for_sm90():
+    """The Gluon kernel compiles for sm_90 (no GPU needed): wgmma for all its products, within
+    Hopper's shared memory, at most a few bytes of scalar spills."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    from openmla.device import GLUON_TRITON, gluon_available
+
+    if not gluon_available():
+        pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env.pop("TRITON_INTERPRET", None)  # compiled in a fresh interpreter, outside the interpreter
+    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = dict(line.split() for line in res.stdout.splitlines() if line.strip())
+    assert int(got["wgmma"]) > 0
+    assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
+    assert int(got["smem"]) <= MAX_SMEM_BYTES, got
+
+
+# (b, s_q, h_q, s_k, topk, pbs, topk_length, all_invalid)
+GLUON_GPU_CASES = [
+    (b, s_q, h_q, s_k, topk, pbs, tl, False)
+    for h_q in (16, 64, 128)
+    for s_q in (1, 2)
+    for (b, s_k, topk, pbs, tl) in ((4, 512, 64, 2, False), (5, 1024, 576, 61, True),
+                                    (3, 2046, 2048, 64, False), (6, 300, 100, 64, True))
+] + [(4, 1, 16, 512, 64, 2, False, True), (3, 2, 128, 1000, 200, 64, True, True)]
+
+
+def _gluon_case(shape, seed=0):
+    b, s_q, h_q, s_k, topk, pbs, tl, inv = shape
+    return _case(576, b, s_q, h_q, s_k, topk, pbs, None, tl, False, inv, False,
+                 sinks=(INF, -INF, 0.5), seed=seed, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gluon_is_selected_when_forced_gpu(gluon_backend):
+    assert select("sparse_decode", device_info("cuda"), {"d_qk": 576}).name == "gluon"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GLUON_GPU_CASES)
+def test_gluon_kernel_vs_reference_gpu(shape, gluon_backend, poisoned_outputs):
+    """Against the float32 reference: unreferenced cache tokens are NaN, -1 and out-of-range
+    padding, topk_length (incl. 0), sinks +inf / -inf / finite, split and whole requests, h_q
+    below one 64-head tile, topk not a multiple of 64, all-invalid rows (out 0, lse +inf)."""
+    case = _gluon_case(shape, seed=sum(shape[:6]))
+    if shape[6]:
+        case["topk_length"][0] = 0
+    if shape[4] >= 3:  # a few out-of-range indices besides the -1 padding
+        num_tokens = case["k_cache"].shape[0] * case["k_cache"].shape[1]
+        case["indices"][0, 0, :3] = torch.tensor([num_tokens, 2**31 - 1, -7], dtype=torch.int32)
+    meta = _meta()
+    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                              tile_scheduler_metadata=meta)
+    torch.cuda.synchronize()
+    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    tol = TOLERANCES["sparse_decode"]
+    assert lse.shape == r_lse.shape and lse.stride() == (shape[1] * shape[2], 1, shape[2])
+    assert_close("out", out, r_out.to(BF16), tol["out"])
+    assert_close("lse", lse, r_lse, tol["lse"])
+    # the stored schedule is reused by the next call; the result is identical
+    out2, lse2 = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                tile_scheduler_metadata=meta)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+@pytest.mark.gpu
+def test_gluon_bitwise_deterministic_gpu(gluon_backend):
+    kw = gen.public_kwargs(_gluon_case((74, 2, 128, 2046, 2048, 64, True, False), seed=9))
+    runs = [openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=_meta())
+            for _ in range(3)]
+    for out, lse in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(lse, runs[0][1])
+
+
+@pytest.mark.gpu
+def test_gluon_forced_falls_back_for_model1_and_extra_gpu(gluon_backend):
+    """Calls the Gluon kernel does not take (MODEL1 layout, extra cache) run the portable kernel
+    when the Gluon backend is forced."""
+    for d_qk, extra in ((512, None), (576, (64, 128, 2))):
+        case = _case(d_qk, 3, 1, 16, 300, 128, 61, extra, seed=4, device="cuda")
+        out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                  tile_scheduler_metadata=_meta())
+        r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+        tol = TOLERANCES["sparse_decode"]
+        assert_close("out", out, r_out.to(BF16), tol["out"])
+        assert_close("lse", lse, r_lse, tol["lse"])

@@ -245,3 +245,188 @@ def test_cuda_graph_replay_gpu(triton_backend):
     graph.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+# --- Hopper (Gluon) backend -----------------------------------------------------------------
+@pytest.fixture
+def gluon_backend(monkeypatch):
+    monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_PREFILL", "gluon")
+
+
+def test_gluon_is_selected_only_when_forced(monkeypatch):
+    """Not yet validated on a GPU: the predicate refuses unless the environment forces it, and
+    never off Hopper or under the interpreter."""
+    from openmla.device import gluon_available
+    from openmla.ops.sparse_prefill import gluon_supports
+
+    h100, a100 = DeviceInfo("cuda", 90, 132, "H100"), DeviceInfo("cuda", 80, 108, "A100")
+    monkeypatch.delenv("OPENMLA_BACKEND_SPARSE_PREFILL", raising=False)
+    monkeypatch.delenv("OPENMLA_BACKEND", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not gluon_supports(h100, {"d_qk": 576})
+    assert select("sparse_prefill", h100, {"d_qk": 576}).name == "triton"
+    monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_PREFILL", "gluon")
+    assert not gluon_supports(a100, {"d_qk": 576})
+    assert not gluon_supports(h100, {"d_qk": 192})
+    assert gluon_supports(h100, {"d_qk": 512}) == gluon_available()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not gluon_supports(h100, {"d_qk": 576})
+
+
+def test_gluon_library_op_fake():
+    """The op's fake implementation gives FlashMLA's output shapes (torch.compile tracing)."""
+    from openmla.ops.sparse_prefill.gluon_library import ops
+
+    q = torch.empty(3, 72, 576, dtype=BF16, device="meta")
+    kv = torch.empty(10, 1, 576, dtype=BF16, device="meta")
+    idx = torch.empty(3, 1, 64, dtype=torch.int32, device="meta")
+    out, ml, lse = ops.sparse_prefill_gluon(q, kv, idx, None, None, 0.1, 512, 2, 4, 0, False)
+    assert out.shape == (3, 72, 512) and out.dtype == BF16
+    assert ml.shape == lse.shape == (3, 72) and lse.dtype == torch.float32
+
+
+# Compiled for sm_90 in a fresh interpreter without TRITON_INTERPRET; prints ptxas's register
+# and spill report, the shared memory and the wgmma count.
+GLUON_COMPILE = r"""
+import os, re, subprocess, sys, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from openmla.ops.sparse_prefill import gluon_launch as L
+from openmla.ops.sparse_prefill.gluon_kernel import _sparse_prefill_gluon_kernel as fn
+
+d_qk = int(sys.argv[1])
+ptrs = {"q_ptr": "*bf16", "kv_ptr": "*bf16", "indices_ptr": "*i32", "topk_length_ptr": "*i32",
+        "sink_ptr": "*fp32", "out_ptr": "*bf16", "max_logits_ptr": "*fp32", "lse_ptr": "*fp32"}
+aligned = ("stride_qt", "stride_qh", "stride_kvs", "stride_it", "stride_ot", "stride_oh")
+ce = dict(D_HALF=256, D_ROPE=d_qk - 512, BLOCK_H=L.BLOCK_H, BLOCK_N=L.BLOCK_N, STAGES=L.STAGES,
+          HAS_TOPK_LEN=True, HAS_SINK=True, PV_REGS=L.PV_REGS, LOAD_REGS=L.LOAD_REGS,
+          LOAD_WARPS=L.LOAD_WARPS, EVICT_LAST=False)
+sig, attrs = {}, {}
+for i, n in enumerate(fn.arg_names):
+    if n in ce:
+        sig[n] = "constexpr"
+    elif n in ptrs:
+        sig[n] = ptrs[n]
+        attrs[(i,)] = [["tt.divisibility", 16]]
+    else:
+        sig[n] = "fp32" if n == "scale_log2" else "i32"
+        if n in aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+ptx = k.asm["ptx"]
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+    f.write(ptx)
+res = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
+                     capture_output=True, text=True)
+os.unlink(f.name)
+spill = re.search(r"(\d+) bytes spill stores", res.stderr + res.stdout)
+print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
+print("cp.async", len(re.findall(r"cp\.async\.cg\.shared\.global", ptx)))
+print("spill", spill.group(1) if spill else "?")
+print("smem", k.metadata.shared)
+"""
+
+
+@pytest.mark.parametrize("d_qk", [576, 512])
+def test_gluon_kernel_compiles_for_sm90(d_qk):
+    """Offline sm_90 compile (no GPU): wgmma for both products, cp.async gathers, no register
+    spill, shared memory within the 227 KiB an H100 / H200 CTA may use."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    from openmla.device import GLUON_TRITON, gluon_available
+
+    if not gluon_available():
+        pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run([sys.executable, "-c", GLUON_COMPILE, str(d_qk)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = dict(line.split() for line in res.stdout.splitlines() if line.strip())
+    assert int(report["wgmma"]) > 0 and int(report["cp.async"]) > 0, report
+    assert report["spill"] == "0", report
+    assert int(report["smem"]) <= 227 * 1024, report
+
+
+GLUON_GPU_CASES = [  # (d_qk, s_q, s_kv, h_q, topk, features)
+    (d_qk, s_q, s_kv, h_q, topk, feats)
+    for d_qk in (576, 512)
+    for h_q in (64, 128)
+    for (s_q, s_kv, topk) in ((62, 592, 128), (213, 1592, 384), (37, 95, 128), (50, 1840, 200))
+    for feats in (False, True)
+] + [(d_qk, 37, 300, h_q, topk, True)
+     for d_qk in (576, 512) for (h_q, topk) in ((3, 65), (72, 130), (16, 7))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GLUON_GPU_CASES)
+def test_gluon_kernel_vs_reference_gpu(shape, gluon_backend, poisoned_outputs):
+    if not device_info("cuda").is_hopper:
+        pytest.skip("the Gluon kernel is Hopper-only")
+    from openmla.ops.sparse_prefill.gluon_launch import gluon_ok
+
+    case = _poison(_gpu_case(*shape, seed=hash(shape) % 997))
+    assert select("sparse_prefill", device_info("cuda"), {"d_qk": shape[0]}).name == "gluon"
+    assert gluon_ok(case["q"], case["kv"])  # the Gluon kernel runs, not the fallback
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+    _check_vs_ref(case, out, max_logits, lse)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d_qk", [576, 512])
+def test_gluon_invalid_values_lonely_rows_and_infinite_sinks_gpu(d_qk, gluon_backend,
+                                                                 poisoned_outputs):
+    if not device_info("cuda").is_hopper:
+        pytest.skip("the Gluon kernel is Hopper-only")
+    s_q, s_kv, h_q, topk = 4, 12, 64, 9
+    case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, d_qk=d_qk, device="cuda", seed=d_qk)
+    idx = torch.tensor([[INT_MIN, 3, INT_MAX, s_kv, -1, 5, 114514, s_kv - 1, 0],
+                        [s_kv, -1, INT_MIN, INT_MAX, s_kv + 1, -123456, s_kv, -1, INT_MAX],
+                        [7, 2, 9, 4, 1, 10, 6, 11, 8],
+                        [0, 1, 2, 3, 4, 5, 6, 7, 8]], dtype=torch.int32, device="cuda")
+    case["indices"] = idx.view(s_q, 1, topk)
+    case["topk_length"] = torch.tensor([9, 9, 5, 0], dtype=torch.int32, device="cuda")
+    sink = torch.randn(h_q, device="cuda")
+    sink[0], sink[1] = float("inf"), float("-inf")
+    case["attn_sink"] = sink
+    _poison(case)
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+    _check_vs_ref(case, out, max_logits, lse)
+    for row in (1, 3):
+        assert bool((out[row] == 0).all())
+        assert bool(torch.isneginf(max_logits[row]).all() and torch.isposinf(lse[row]).all())
+    assert bool((out[0, 0] == 0).all()) and bool(torch.isfinite(lse[0]).all())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("grid_ctas,evict_last", [(0, False), (-1, False), (7, True)])
+def test_gluon_launch_variants_gpu(grid_ctas, evict_last, poisoned_outputs):
+    """Persistent grid (one CTA per SM), one CTA per work item, and a small grid where each CTA
+    walks many items (Q and key rings cycle across items) — all against the reference."""
+    if not device_info("cuda").is_hopper:
+        pytest.skip("the Gluon kernel is Hopper-only")
+    from openmla.ops.sparse_prefill.gluon_launch import sparse_prefill_gluon_kernel
+
+    case = _poison(_gpu_case(576, 213, 1592, 128, 384, True, seed=11))
+    out, max_logits, lse = sparse_prefill_gluon_kernel(
+        case["q"], case["kv"], case["indices"], case["attn_sink"], case["topk_length"],
+        case["sm_scale"], 512, 2, 4, grid_ctas, evict_last)
+    _check_vs_ref(case, out, max_logits, lse)
+
+
+@pytest.mark.gpu
+def test_gluon_bitwise_deterministic_gpu(gluon_backend):
+    if not device_info("cuda").is_hopper:
+        pytest.skip("the Gluon kernel is Hopper-only")
+    case = _gpu_case(576, 213, 1592, 128, 384, True, seed=9)
+    kw = gen.public_kwargs(case)
+    runs = [openmla.flash_mla_sparse_fwd(**kw) for _ in range(3)]
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))

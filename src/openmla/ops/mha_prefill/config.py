@@ -1,9 +1,9 @@
 """Launch configuration of the dense MHA prefill kernels (forward, dQ, dK/dV): a frozen
 dataclass chosen by a pure heuristic of the head dims and the device, testable without a GPU.
 
-UNTUNED: the numbers are FlashAttention-2's Triton starting points (SPEC §6.4), checked only
-for registers / spills with an offline sm_90 compile; they have not run on a GPU yet. Each
-branch will carry its measured number once the kernels are tuned on an H100 / H200.
+UNTUNED: checked only for registers / spills with an offline sm_90 compile; they have not run
+on a GPU yet. benchmarks/mha_prefill_sweep.py times the alternatives on an H100; each branch
+will carry its measured number once it has run.
 """
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from ...device import DeviceInfo
 MIN_DOT = 16  # tl.dot needs every tile dim >= 16
 MAX_HEAD_DIM = 256  # d_qk and d_v: one head-dim tile (two for d_qk) per register budget
 CPU_BLOCK = 16  # interpreter: small tiles so tiny test sequences cross several blocks
+DQ_FUSED = 0  # dq_block_m value: no dQ kernel, the dK/dV kernel adds dQ by atomics
+DQ_ATOMIC = 1  # dq_block_n value with DQ_FUSED: per-element relaxed atomics (any device)
+DQ_TMA = 2  # dq_block_n value with DQ_FUSED: TMA reduce-adds (Hopper and later, exact tiles)
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,8 @@ class MhaPrefillConfig:
     block_n: int  # forward: keys per step of the key loop
     num_warps: int
     num_stages: int
-    dq_block_m: int  # dQ kernel: query rows per program
-    dq_block_n: int  # dQ kernel: keys per step
+    dq_block_m: int  # dQ kernel: query rows per program; DQ_FUSED (0): no dQ kernel
+    dq_block_n: int  # dQ kernel: keys per step; with DQ_FUSED: DQ_ATOMIC or DQ_TMA
     dkdv_block_m: int  # dK/dV kernel: query rows per step of the query loop
     dkdv_block_n: int  # dK/dV kernel: keys per program
     bwd_num_warps: int
@@ -56,23 +59,27 @@ def value_dim_tile(d_v: int) -> int:
 
 def pick_config(d_qk: int, d_v: int, info: DeviceInfo) -> MhaPrefillConfig:
     """Configuration for head dims ``d_qk``, ``d_v`` (each <= 256) on ``info`` (CPU: the
-    interpreter, where only correctness matters)."""
+    interpreter, where only correctness matters). Causal and non-causal share one config (the
+    same tiles run in both; only the masked share of the loops differs)."""
     if info.kind == "cpu":
-        return MhaPrefillConfig(CPU_BLOCK, CPU_BLOCK, 4, 1, CPU_BLOCK, CPU_BLOCK, CPU_BLOCK,
+        return MhaPrefillConfig(CPU_BLOCK, CPU_BLOCK, 4, 1, DQ_FUSED, DQ_ATOMIC, CPU_BLOCK,
                                 CPU_BLOCK, 4, 1, 1)
     widest = max(d_qk, d_v)
     if widest <= 64:
         # untuned: FA2's Triton tutorial forward for d 64 (BLOCK_M 128, BLOCK_N 64, 4 warps)
-        return MhaPrefillConfig(128, 64, 4, 3, 64, 64, 32, 64, 4, 2, 1)
-    # Backward, from an offline sm_90 compile (ptxas, causal, bf16; not timed): the dK/dV
-    # program holds fp32 dK [64, d] and dV [64, dv] for its whole life; with 32 query rows per
-    # step, 8 warps and 1 stage it needs 209 registers at d 128 and 246 at d 192, no spills,
-    # where 64 rows (or 2 stages) hit the 255 cap and spill 48-460 bytes. dQ 64 x 64 with
-    # 2 stages: 141 / 181 registers, no spills (1 stage: 255 and a 12-byte spill at d 192).
+        return MhaPrefillConfig(128, 64, 4, 3, DQ_FUSED, DQ_TMA, 32, 64, 4, 2, 1)
+    # Backward (offline sm_90 compile, ptxas, causal, bf16; not timed yet): dK/dV with 128
+    # keys per program and 8 warps, so every MMA of the step has M = 128 split over the two
+    # warpgroups (64 keys with 8 warps made both warpgroups compute the same Sᵀ and dPᵀ); 32
+    # query rows per step and 1 stage: the fp32 dK [128, d_qk] and dV [128, d_v] accumulators
+    # take 160 of the 255 registers at (192, 128). dQ fused into it by TMA reduce-adds of
+    # dQᵀ = Kᵀ·dSᵀ (the head dim as M): 255 registers, 132 spill bytes at d 192, 76 at d 128;
+    # 2 stages or 64 rows spill 480-620. The split path (DQ kernel 64 x 64, 2 stages: 181
+    # registers; dK/dV without dQ: 24 spill bytes) is the fallback the sweep compares.
     if widest <= 128:
-        # untuned: FA2 forward for d 128 (128 x 64 tiles, 8 warps: the [128, 128] fp32
-        # accumulator is 64 registers a thread); 188 registers, no spills, 3 stages
-        return MhaPrefillConfig(128, 64, 8, 3, 64, 64, 32, 64, 8, 2, 1)
-    # untuned: d_qk 192 (128 + 64 tiles) and anything up to 256: the same tiles, 2 stages
-    # (one K stage is 64 x 192 x 2 B = 24 KiB plus 16 KiB of V); 198 registers, no spills
-    return MhaPrefillConfig(128, 64, 8, 2, 64, 64, 32, 64, 8, 2, 1)
+        # forward 128 x 64 tiles, 8 warps (the [128, 128] fp32 accumulator is 64 registers a
+        # thread), 3 stages: 188 registers, no spills, 128 KiB smem
+        return MhaPrefillConfig(128, 64, 8, 3, DQ_FUSED, DQ_TMA, 32, 128, 8, 2, 1)
+    # d_qk 192 (128 + 64 tiles) and anything up to 256: forward 128 x 64, 3 stages (one K
+    # stage is 64 x 192 x 2 B = 24 KiB plus 16 KiB of V): 196 registers, no spills, 168 KiB
+    return MhaPrefillConfig(128, 64, 8, 3, DQ_FUSED, DQ_TMA, 32, 128, 8, 2, 1)

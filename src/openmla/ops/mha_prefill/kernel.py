@@ -1,12 +1,14 @@
 """Portable Triton kernels of dense MHA varlen prefill, forward and backward (SPEC §2.5, §6.4).
 
-FlashAttention-2 in three kernels. Forward: a program owns BLOCK_M query rows of one head and
-walks the keys in BLOCK_N steps with an online softmax in base 2 (exp2, log2(e) folded into the
-scale), then writes out and the natural-log lse. dQ: the same tiling recomputes P and dS per key
-block and accumulates dQ = scale·dS·K; it also writes D = rowsum(dO∘O) for the next kernel.
-dK/dV: a program owns BLOCK_N keys of one KV head and walks the query rows of every query head
-of its GQA group, accumulating dV = Pᵀ·dO and dK = scale·dSᵀ·Q in registers: no atomics, so dQ,
-dK and dV are bitwise reproducible.
+FlashAttention-2 structure. Forward: a program owns BLOCK_M query rows of one head and walks
+the keys in BLOCK_N steps with an online softmax in base 2 (exp2, log2(e) folded into the
+scale), then writes out and the natural-log lse. Backward: a preprocess kernel writes
+D = rowsum(dO∘O) and the base-2 lse per row; the dK/dV kernel owns BLOCK_N keys of one KV head
+and walks the query rows of every query head of its GQA group, accumulating dV = Pᵀ·dO and
+dK = scale·dSᵀ·Q in registers (no atomics: dK and dV are bitwise reproducible). dQ either comes
+from the same step (DQ_MODE 1 / 2: scale·dS·K added into an fp32 accumulator by atomics or TMA
+reduce-adds; not reproducible bit for bit, which SPEC §2.5 allows) or from its own kernel that
+recomputes P and dS per key block (DQ_MODE 0).
 
 Masking is bottom-right causal: local query i sees key j iff j < Sk and j <= i + Sk - Sq.
 Key (query) blocks that every row of the program sees in full run without the score mask;
@@ -199,6 +201,36 @@ def _mha_fwd_kernel(
 
 
 @triton.jit
+def _mha_bwd_preprocess_kernel(
+    out_ptr, dout_ptr, lse_ptr, delta_ptr, lse2_ptr,
+    total_q,
+    stride_ot, stride_oh,  # out [total_q, h_q, D_V]
+    stride_dot, stride_doh,  # dout [total_q, h_q, D_V]
+    stride_lt, stride_lh,  # lse [total_q, h_q]
+    D_V: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """Per query row and head, once: D = rowsum(dO∘O) and the base-2 lse (a row without keys,
+    lse -inf, gets +inf so that its P is exactly 0), both into [h_q, total_q] buffers. The rows
+    are flat (no sequence lookup): every row of every sequence is one independent row here."""
+    pid_m = tl.program_id(0)
+    head = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    mask = rows < total_q
+    rows64 = rows.to(tl.int64)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    o = _load_rows(out_ptr + head * stride_oh, rows64, stride_ot, offs_dv, mask, D_V, BLOCK_DV,
+                   True, True)  # [BLOCK_M, BLOCK_DV] fp32
+    do = _load_rows(dout_ptr + head * stride_doh, rows64, stride_dot, offs_dv, mask, D_V,
+                    BLOCK_DV, True, True)
+    delta = tl.sum(o * do, axis=1)  # [BLOCK_M]
+    lse = tl.load(lse_ptr + head * stride_lh + rows64 * stride_lt, mask=mask, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+    dst = head.to(tl.int64) * total_q + rows64
+    tl.store(delta_ptr + dst, delta, mask=mask)
+    tl.store(lse2_ptr + dst, lse2, mask=mask)
+
+
+@triton.jit
 def _dq_key_loop(dq_a, dq_b, q_a, q_b, do, lse2, delta, k_base, v_base, k_start, stride_kt,
                  stride_vt, lo, hi, offs_m, s_k, diag, scale_log2,
                  D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DA: tl.constexpr,
@@ -237,22 +269,20 @@ def _dq_key_loop(dq_a, dq_b, q_a, q_b, do, lse2, delta, k_base, v_base, k_start,
 
 @triton.jit
 def _mha_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, dout_ptr, lse_ptr, cu_q_ptr, cu_k_ptr,
-    dq_ptr, delta_ptr,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse2_ptr, delta_ptr, cu_q_ptr, cu_k_ptr,
+    dq_ptr,
     softmax_scale, scale_log2,
-    n_seqs, n_vblocks, group,
+    n_seqs, n_vblocks, group, total_q,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_ot, stride_oh,  # out [total_q, h_q, D_V]
     stride_dot, stride_doh,  # dout [total_q, h_q, D_V]
-    stride_lt, stride_lh,  # lse [total_q, h_q]
     stride_dqt, stride_dqh,  # dq [total_q, h_q, D_QK]
-    stride_delta_h,  # delta [h_q, total_q], rows contiguous
     D_QK: tl.constexpr, D_V: tl.constexpr,
     BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, UPCAST_DOT: tl.constexpr, ROUND_OUT: tl.constexpr,
 ):
-    # grid and masking as the forward (one program: BLOCK_M rows of one query head)
+    # split backward only: grid and masking as the forward (one program: BLOCK_M rows of one
+    # query head); lse2 and D [h_q, total_q] come from the preprocess kernel
     pid = tl.program_id(0)
     head = pid // n_vblocks
     blk = n_vblocks - 1 - pid % n_vblocks
@@ -282,14 +312,9 @@ def _mha_bwd_dq_kernel(
             q_b = q_a  # placeholder, never read
         do = _load_rows(dout_ptr + head * stride_doh, rows_q, stride_dot, offs_dv, mask_m, D_V,
                         BLOCK_DV, True, UPCAST_DOT)  # [BLOCK_M, BLOCK_DV]
-        o = _load_rows(out_ptr + head * stride_oh, rows_q, stride_ot, offs_dv, mask_m, D_V,
-                       BLOCK_DV, True, True)  # [BLOCK_M, BLOCK_DV] fp32
-        delta = tl.sum(do.to(tl.float32) * o, axis=1)  # [BLOCK_M] D = rowsum(dO∘O)
-        tl.store(delta_ptr + head * stride_delta_h + rows_q, delta, mask=mask_m)
-        lse = tl.load(lse_ptr + head * stride_lh + rows_q * stride_lt, mask=mask_m,
-                      other=float("inf"))  # [BLOCK_M]
-        # base 2; a row without keys (lse -inf) takes +inf so that its P is 0, not inf
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+        row_h = head.to(tl.int64) * total_q + rows_q
+        delta = tl.load(delta_ptr + row_h, mask=mask_m, other=0.0)  # [BLOCK_M]
+        lse2 = tl.load(lse2_ptr + row_h, mask=mask_m, other=float("inf"))  # [BLOCK_M]
 
         if CAUSAL:
             n_end = tl.minimum(s_k, tl.maximum(m0 + BLOCK_M + diag, 0))
@@ -321,14 +346,34 @@ def _mha_bwd_dq_kernel(
 
 
 @triton.jit
-def _dkdv_query_loop(dk_a, dk_b, dv, k_a, k_b, v, q_base, do_base, lse_base, delta_base,
-                     q_start, stride_qt, stride_dot, stride_lt, lo, hi, offs_n, mask_n, s_q,
-                     diag, scale_log2,
+def _dq_atomic_add(dq_base, dq_desc, rows_q, row0, col0, stride_dqt, offs_d, mask_m, x,
+                   D: tl.constexpr, D_END: tl.constexpr, DQ_MODE: tl.constexpr):
+    """Add the fp32 tile ``x [BLOCK_M, len(offs_d)]`` into the dQ accumulator: DQ_MODE 2 by one
+    TMA reduce (rows past the sequence receive exact zeros, rows past the tensor are dropped),
+    DQ_MODE 1 by relaxed per-element atomics on the masked rows / columns."""
+    if DQ_MODE == 2:
+        dq_desc.atomic_add([row0, col0], x)
+    else:
+        ptrs = dq_base + rows_q[:, None] * stride_dqt + offs_d[None, :]
+        if D_END > D:
+            mask = mask_m[:, None] & (offs_d[None, :] < D)
+        else:
+            mask = mask_m[:, None]
+        tl.atomic_add(ptrs, x, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _dkdv_query_loop(dk_a, dk_b, dv, k_a, k_b, v, q_base, do_base, lse2_base, delta_base,
+                     dq_base, dq_desc_a, dq_desc_b, dq_col,
+                     q_start, stride_qt, stride_dot, stride_dqt, lo, hi, offs_n, mask_n, s_q,
+                     diag, scale_log2, softmax_scale,
                      D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DA: tl.constexpr,
                      BLOCK_DB: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
-                     CAUSAL: tl.constexpr, MASK: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """dK (unscaled) and dV of this key block from query rows [lo, hi), keys as rows (Pᵀ).
-    Rows past Sq read q = dO = 0, lse = +inf and D = 0, so they add exactly 0 even unmasked."""
+                     CAUSAL: tl.constexpr, MASK: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                     DQ_MODE: tl.constexpr):
+    """dK (unscaled) and dV of this key block from query rows [lo, hi), keys as rows (Pᵀ); with
+    DQ_MODE > 0 also each step's scaled dQ = scale·dS·K into the fp32 accumulator. Rows past Sq
+    read q = dO = 0, lse2 = +inf and D = 0, so they add exactly 0 even unmasked."""
     offs_da = tl.arange(0, BLOCK_DA)
     offs_dv = tl.arange(0, BLOCK_DV)
     for m0 in range(lo, hi, BLOCK_M):
@@ -345,8 +390,7 @@ def _dkdv_query_loop(dk_a, dk_b, dv, k_a, k_b, v, q_base, do_base, lse_base, del
             s_t = tl.dot(k_b, tl.trans(q_b), s_t)
         do = _load_rows(do_base, rows_q, stride_dot, offs_dv, mask_m, D_V, BLOCK_DV, True,
                         UPCAST_DOT)  # [BLOCK_M, BLOCK_DV]
-        lse = tl.load(lse_base + rows_q * stride_lt, mask=mask_m, other=float("inf"))
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)  # [BLOCK_M]
+        lse2 = tl.load(lse2_base + rows_q, mask=mask_m, other=float("inf"))  # [BLOCK_M]
         delta = tl.load(delta_base + rows_q, mask=mask_m, other=0.0)  # [BLOCK_M]
         p_t = tl.exp2(s_t * scale_log2 - lse2[None, :])  # [BLOCK_N, BLOCK_M]
         if MASK:
@@ -360,30 +404,46 @@ def _dkdv_query_loop(dk_a, dk_b, dv, k_a, k_b, v, q_base, do_base, lse_base, del
         dk_a = tl.dot(ds_t, q_a, dk_a)  # [BLOCK_N, BLOCK_DA]
         if BLOCK_DB > 0:
             dk_b = tl.dot(ds_t, q_b, dk_b)  # [BLOCK_N, BLOCK_DB]
+        if DQ_MODE > 0:
+            # dQᵀ = Kᵀ·dSᵀ: the head dim (128 / 64) is the MMA's M, not the few query rows
+            row0 = q_start + m0
+            dq_a = tl.trans(tl.dot(tl.trans(k_a), ds_t)) * softmax_scale  # [BLOCK_M, BLOCK_DA]
+            _dq_atomic_add(dq_base, dq_desc_a, rows_q, row0, dq_col, stride_dqt, offs_da,
+                           mask_m, dq_a, D_QK, BLOCK_DA, DQ_MODE)
+            if BLOCK_DB > 0:
+                dq_b = tl.trans(tl.dot(tl.trans(k_b), ds_t)) * softmax_scale  # [BLOCK_M, DB]
+                _dq_atomic_add(dq_base, dq_desc_b, rows_q, row0, dq_col + BLOCK_DA,
+                               stride_dqt, offs_db, mask_m, dq_b, D_QK, BLOCK_DA + BLOCK_DB,
+                               DQ_MODE)
     return dk_a, dk_b, dv
 
 
 @triton.jit
 def _mha_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, cu_q_ptr, cu_k_ptr,
-    dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse2_ptr, delta_ptr, cu_q_ptr, cu_k_ptr,
+    dk_ptr, dv_ptr, dq_acc_ptr, dq_desc_a, dq_desc_b,
     softmax_scale, scale_log2,
-    n_seqs, n_vblocks, group,
+    n_seqs, n_vblocks, group, total_q,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_dot, stride_doh, stride_lt, stride_lh,
-    stride_delta_h,  # delta [h_q, total_q], rows contiguous
+    stride_dot, stride_doh,
     stride_dkt, stride_dkh,  # dk [total_k, h_kv, D_QK]
     stride_dvt, stride_dvh,  # dv [total_k, h_kv, D_V]
+    stride_dqt, stride_dqh,  # dq_acc [total_q, h_q, D_QK] fp32 (DQ_MODE > 0)
     D_QK: tl.constexpr, D_V: tl.constexpr,
     BLOCK_DA: tl.constexpr, BLOCK_DB: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, UPCAST_DOT: tl.constexpr, ROUND_OUT: tl.constexpr,
+    DQ_MODE: tl.constexpr,  # 0: dQ by its own kernel; 1: pointer atomics; 2: TMA reduce-add
 ):
     # one program: BLOCK_N keys of one KV head, every query head of its group in turn, so the
-    # group sum of dK/dV happens in registers in a fixed order (deterministic, no atomics)
+    # group sum of dK/dV happens in registers in a fixed order (deterministic, no atomics).
+    # Causal: a sequence's first key blocks see the most query rows, so they start first.
     pid = tl.program_id(0)
     kv_head = pid // n_vblocks
-    blk = n_vblocks - 1 - pid % n_vblocks
+    if CAUSAL:
+        blk = pid % n_vblocks
+    else:
+        blk = n_vblocks - 1 - pid % n_vblocks
     seq = _find_seq(cu_k_ptr, blk, n_seqs, BLOCK_N)
     k_start = tl.load(cu_k_ptr + seq)
     s_k = tl.load(cu_k_ptr + seq + 1) - k_start
@@ -427,18 +487,20 @@ def _mha_bwd_dkdv_kernel(
             head = kv_head * group + g
             q_base = q_ptr + head * stride_qh
             do_base = dout_ptr + head * stride_doh
-            lse_base = lse_ptr + head * stride_lh
-            delta_base = delta_ptr + head * stride_delta_h
+            lse2_base = lse2_ptr + head.to(tl.int64) * total_q
+            delta_base = delta_ptr + head.to(tl.int64) * total_q
+            dq_base = dq_acc_ptr + head * stride_dqh
+            dq_col = head * D_QK  # column of this head in the [total_q, h_q * D_QK] view
             dk_a, dk_b, dv = _dkdv_query_loop(
-                dk_a, dk_b, dv, k_a, k_b, v, q_base, do_base, lse_base, delta_base, q_start,
-                stride_qt, stride_dot, stride_lt, m_lo, m_mid, offs_n, mask_n, s_q, diag,
-                scale_log2, D_QK, D_V, BLOCK_DA, BLOCK_DB, BLOCK_DV, BLOCK_M, CAUSAL, True,
-                UPCAST_DOT)
+                dk_a, dk_b, dv, k_a, k_b, v, q_base, do_base, lse2_base, delta_base, dq_base,
+                dq_desc_a, dq_desc_b, dq_col, q_start, stride_qt, stride_dot, stride_dqt,
+                m_lo, m_mid, offs_n, mask_n, s_q, diag, scale_log2, softmax_scale, D_QK, D_V,
+                BLOCK_DA, BLOCK_DB, BLOCK_DV, BLOCK_M, CAUSAL, True, UPCAST_DOT, DQ_MODE)
             dk_a, dk_b, dv = _dkdv_query_loop(
-                dk_a, dk_b, dv, k_a, k_b, v, q_base, do_base, lse_base, delta_base, q_start,
-                stride_qt, stride_dot, stride_lt, m_mid, s_q, offs_n, mask_n, s_q, diag,
-                scale_log2, D_QK, D_V, BLOCK_DA, BLOCK_DB, BLOCK_DV, BLOCK_M, CAUSAL, False,
-                UPCAST_DOT)
+                dk_a, dk_b, dv, k_a, k_b, v, q_base, do_base, lse2_base, delta_base, dq_base,
+                dq_desc_a, dq_desc_b, dq_col, q_start, stride_qt, stride_dot, stride_dqt,
+                m_mid, s_q, offs_n, mask_n, s_q, diag, scale_log2, softmax_scale, D_QK, D_V,
+                BLOCK_DA, BLOCK_DB, BLOCK_DV, BLOCK_M, CAUSAL, False, UPCAST_DOT, DQ_MODE)
 
         dk_base = dk_ptr + kv_head * stride_dkh
         _store_rows(dk_base, rows_k, stride_dkt, offs_da, mask_n, dk_a * softmax_scale, D_QK,

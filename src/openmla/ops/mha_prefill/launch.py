@@ -11,14 +11,18 @@ from __future__ import annotations
 import math
 
 import torch
+import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ... import _library
 from ...device import device_info, interpreting
-from .config import MAX_HEAD_DIM, head_dim_split, pick_config, value_dim_tile
-from .kernel import _mha_bwd_dkdv_kernel, _mha_bwd_dq_kernel, _mha_fwd_kernel
+from .config import DQ_TMA, MAX_HEAD_DIM, head_dim_split, pick_config, value_dim_tile
+from .kernel import (_mha_bwd_dkdv_kernel, _mha_bwd_dq_kernel, _mha_bwd_preprocess_kernel,
+                     _mha_fwd_kernel)
 
 LOG2E = 1.0 / math.log(2.0)
 DTYPES = (torch.bfloat16, torch.float16)
+PRE_BLOCK = 64  # rows per program of the backward preprocess kernel
 
 
 def mha_prefill_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
@@ -87,43 +91,77 @@ def mha_prefill_fwd_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, c
     return out, lse
 
 
+def _dq_mode(q, dq_block_m, dq_block_n):
+    """How dQ is produced (see config.MhaPrefillConfig): 0 its own kernel; 1 pointer atomics
+    into an fp32 accumulator from the dK/dV kernel; 2 TMA reduce-adds (Hopper+, exact tiles)."""
+    if dq_block_m > 0:
+        return 0
+    block_da, block_db = head_dim_split(q.shape[-1])
+    tma = (dq_block_n == DQ_TMA and not interpreting() and q.device.type == "cuda"
+           and torch.cuda.get_device_capability(q.device)[0] >= 9
+           and block_da + block_db == q.shape[-1] and q.shape[0] > 0)
+    return 2 if tma else 1
+
+
 def mha_prefill_bwd_kernel(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
                            causal, dq_block_m, dq_block_n, dkdv_block_m, dkdv_block_n, num_warps,
                            dq_num_stages, dkdv_num_stages):
-    """The backward launches (the body of ``openmla::mha_prefill_bwd``): the dQ kernel, which
-    also writes D = rowsum(dO∘O), then the dK/dV kernel that reads D."""
+    """The backward launches (the body of ``openmla::mha_prefill_bwd``): a preprocess kernel
+    writes D = rowsum(dO∘O) and the base-2 lse per row; then either the dQ kernel and the
+    dK/dV kernel (``dq_block_m > 0``), or the dK/dV kernel alone adding dQ into a zeroed fp32
+    accumulator by atomics (``dq_block_m == 0``; ``dq_block_n`` 2: TMA reduce-adds, 1: pointer
+    atomics), converted to q's dtype at the end."""
     _check(q, k, v)
-    total_q, h_q, _ = q.shape
+    total_q, h_q, d_qk = q.shape
     total_k, h_kv, _ = k.shape
     if dout.stride(-1) != 1:  # autograd may hand over an expanded gradient
         dout = dout.contiguous()
     if out.stride(-1) != 1:
         out = out.contiguous()
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    mode = _dq_mode(q, dq_block_m, dq_block_n)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     n_seqs = cu_seqlens_q.shape[0] - 1
+    if mode == 0 or n_seqs < 1:
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dq_acc = dq
+    else:
+        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     if n_seqs < 1 or (total_q == 0 and total_k == 0):
-        return dq, dk, dv
+        return (dq if mode == 0 or n_seqs < 1 else dq_acc.to(q.dtype)), dk, dv
+    dims = _dims(q, v)
+    interp = interpreting()
     delta = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
-    common = dict(**_dims(q, v), CAUSAL=causal, UPCAST_DOT=interpreting(),
-                  ROUND_OUT=interpreting() and q.dtype == torch.bfloat16, num_warps=num_warps)
+    lse2 = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
+    if total_q > 0:
+        _mha_bwd_preprocess_kernel[(triton.cdiv(total_q, PRE_BLOCK), h_q)](
+            out, dout, lse, delta, lse2, total_q, out.stride(0), out.stride(1),
+            dout.stride(0), dout.stride(1), lse.stride(0), lse.stride(1),
+            D_V=dims["D_V"], BLOCK_DV=dims["BLOCK_DV"], BLOCK_M=PRE_BLOCK, num_warps=4)
+    common = dict(**dims, CAUSAL=causal, UPCAST_DOT=interp,
+                  ROUND_OUT=interp and q.dtype == torch.bfloat16, num_warps=num_warps)
     scale_log2 = softmax_scale * LOG2E
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1))
-    if total_q > 0:
+    if mode == 0 and total_q > 0:
         n_vblocks = total_q // dq_block_m + n_seqs
         _mha_bwd_dq_kernel[(n_vblocks * h_q,)](
-            q, k, v, out, dout, lse, cu_seqlens_q, cu_seqlens_k, dq, delta,
-            softmax_scale, scale_log2, n_seqs, n_vblocks, h_q // h_kv, *strides,
-            out.stride(0), out.stride(1), dout.stride(0), dout.stride(1),
-            lse.stride(0), lse.stride(1), dq.stride(0), dq.stride(1), delta.stride(0),
+            q, k, v, dout, lse2, delta, cu_seqlens_q, cu_seqlens_k, dq,
+            softmax_scale, scale_log2, n_seqs, n_vblocks, h_q // h_kv, total_q, *strides,
+            dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1),
             BLOCK_M=dq_block_m, BLOCK_N=dq_block_n, num_stages=dq_num_stages, **common)
+    desc_a = desc_b = None
+    if mode == 2:
+        flat = dq_acc.view(total_q, h_q * d_qk)
+        desc_a = TensorDescriptor.from_tensor(flat, [dkdv_block_m, dims["BLOCK_DA"]])
+        if dims["BLOCK_DB"] > 0:
+            desc_b = TensorDescriptor.from_tensor(flat, [dkdv_block_m, dims["BLOCK_DB"]])
     if total_k > 0:
         n_vblocks = total_k // dkdv_block_n + n_seqs
         _mha_bwd_dkdv_kernel[(n_vblocks * h_kv,)](
-            q, k, v, dout, lse, delta, cu_seqlens_q, cu_seqlens_k, dk, dv,
-            softmax_scale, scale_log2, n_seqs, n_vblocks, h_q // h_kv, *strides,
-            dout.stride(0), dout.stride(1), lse.stride(0), lse.stride(1), delta.stride(0),
-            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            BLOCK_M=dkdv_block_m, BLOCK_N=dkdv_block_n, num_stages=dkdv_num_stages, **common)
-    return dq, dk, dv
+            q, k, v, dout, lse2, delta, cu_seqlens_q, cu_seqlens_k, dk, dv, dq_acc,
+            desc_a, desc_b, softmax_scale, scale_log2, n_seqs, n_vblocks, h_q // h_kv, total_q,
+            *strides, dout.stride(0), dout.stride(1), dk.stride(0), dk.stride(1),
+            dv.stride(0), dv.stride(1), dq_acc.stride(0), dq_acc.stride(1),
+            BLOCK_M=dkdv_block_m, BLOCK_N=dkdv_block_n, num_stages=dkdv_num_stages,
+            DQ_MODE=mode, **common)
+    return (dq if mode == 0 else dq_acc.to(q.dtype)), dk, dv

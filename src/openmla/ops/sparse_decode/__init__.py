@@ -1,8 +1,9 @@
 """Sparse MLA decode over the FP8 KV cache (SPEC §2.2, §2.4)."""
 import torch
 
-from ...device import interpreting, triton_available
-from ...dispatch import register
+from ...device import gluon_available, interpreting, triton_available
+from ...dispatch import forced_backend, register
+from . import gluon_library  # noqa: F401  (registers openmla::sparse_decode_gluon)
 from .ref import sparse_decode_ref
 
 D_QK_KERNEL = (576, 512)  # V32 and MODEL1 layouts
@@ -29,6 +30,27 @@ def run_triton(q, k_cache, indices, sm_scale, head_dim_v, attn_sink=None, topk_l
                                 extra_topk_length, sched)
 
 
+def run_gluon(q, k_cache, indices, sm_scale, head_dim_v, attn_sink=None, topk_length=None,
+              extra_k_cache=None, extra_indices_in_kvcache=None, extra_topk_length=None,
+              sched=None):
+    # calls the Gluon kernel does not take (MODEL1, extra cache) run the portable kernel
+    from .gluon_launch import sparse_decode_gluon
+
+    return sparse_decode_gluon(q, k_cache, indices, sm_scale, head_dim_v, attn_sink, topk_length,
+                               extra_k_cache, extra_indices_in_kvcache, extra_topk_length, sched)
+
+
+def gluon_supports(info, problem) -> bool:
+    """Hopper, not interpreting, Gluon of the targeted Triton — and, until the kernel is
+    validated on a GPU, only when forced (``OPENMLA_BACKEND_SPARSE_DECODE=gluon``). The kernel
+    takes the V3.2 layout (d_qk 576) without an extra cache, any h_q (tiles of 64 heads, fewer
+    padded); ``run_gluon`` hands the other calls to the portable kernel, so forcing never fails
+    on a supported device."""
+    if forced_backend("sparse_decode") != "gluon":
+        return False
+    return info.is_hopper and not interpreting() and gluon_available()
+
+
 def triton_supports(info, problem) -> bool:
     """CUDA / ROCm devices, or CPU tensors under the Triton interpreter; both FP8 layouts."""
     on_device = info.kind == "cuda" or (info.kind == "cpu" and interpreting())
@@ -38,3 +60,4 @@ def triton_supports(info, problem) -> bool:
 
 register("sparse_decode", "reference", run_reference, lambda info, problem: True)
 register("sparse_decode", "triton", run_triton, triton_supports)
+register("sparse_decode", "gluon", run_gluon, gluon_supports)

@@ -1,0 +1,420 @@
+"""Hopper (sm90) fast path of sparse MLA decode over the V3.2 FP8 KV cache (d_qk 576), in Gluon.
+
+Same split-KV contract as the portable kernel (``kernel.py``: schedule, pieces, combine, sink in
+the split kernel for requests kept whole). A CTA owns 64 query heads of one query token (grid
+``(head tiles, s_q, parts)``; fewer than 64 heads are padded to one 64-row wgmma tile whose extra
+rows are never written) and walks the 64-slot index tiles of its part. Three partitions hand tiles
+through shared memory:
+
+* producer warpgroup (4 warps): TMA copy of the tile's Q once per request; per index tile it loads
+  the 64 indices, gathers the 656-byte token rows they name with 16-byte loads (invalid slots:
+  index < 0, >= num_blocks * pbs, or at a position >= the length, are never dereferenced and give
+  zero rows; the indices are loaded one tile ahead), dequantizes the fp8 NoPE part (fp8 → fp32 × per-128-dim scale → bf16) and writes the
+  bf16 K tile (two 256-wide halves + the 64-wide RoPE part) and a per-slot validity flag into a
+  ring of STAGES buffers. The gathers of a tile are issued before the wait for a free buffer, so
+  their latency overlaps the consumers' work on the previous tiles;
+* softmax warpgroup (the default partition): S = Q·Kᵀ with wgmma from shared memory, invalid slots
+  masked to -inf, online softmax (base 2), publishes P (bf16) and the rescale factor of each row,
+  and accumulates O_L = O_L·α + P·V[:, :256];
+* PV warpgroup: O_R = O_R·α + P·V[:, 256:] with P read from shared memory.
+
+Each request ends with one more message from the softmax warpgroup: the factor every output row
+is multiplied by (1/l, with the sink's 1/(1 + 2^(σ·log2e − lse₂)) for a request kept in one piece,
+0 for rows that saw no valid key), so both warpgroups store their half without further talk.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+LN2 = gl.constexpr(0.6931471805599453)
+LOG2E = gl.constexpr(1.4426950408889634)
+MAX_SENTINEL = gl.constexpr(-1.0e30)  # finite running-max start: no -inf - -inf in exp2
+
+# V32 token row: 512 fp8 NoPE bytes, 4 fp32 scales (one per 128 dims), 64 bf16 RoPE values
+TOKEN_BYTES = gl.constexpr(656)
+SCALE_OFFSET = gl.constexpr(512)
+ROPE_OFFSET = gl.constexpr(528)
+GROUP = gl.constexpr(128)  # NoPE dims per scale
+
+
+@gluon.jit
+def _part(meta_ptr, pid_part, META_COLS: gl.constexpr):
+    """Part ``pid_part`` of the schedule: its first and last request, the first request's
+    position on the schedule's line, the payload, and the part's interval on that line."""
+    meta = meta_ptr + pid_part * META_COLS
+    payload = gl.load(meta + 3)
+    part_lo = pid_part * payload
+    return (gl.load(meta + 0), gl.load(meta + 1), gl.load(meta + 2), payload, part_lo,
+            part_lo + payload)
+
+
+@gluon.jit
+def _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo, part_hi,
+                   HAS_TOPK_LEN: gl.constexpr, BLOCK_N: gl.constexpr, OVERHEAD: gl.constexpr):
+    """Attended length of request r and its index tiles [t_lo, t_hi) inside this part (the same
+    in every partition); one scheduling block = one tile of BLOCK_N (= SCHED_N) slots."""
+    length = gl.to_tensor(topk)
+    if HAS_TOPK_LEN:
+        length = gl.minimum(gl.maximum(gl.load(topk_len_ptr + r), 0), topk)
+    n_tiles = (length + BLOCK_N - 1) // BLOCK_N
+    n_sched = gl.maximum(n_tiles, 1)
+    t_lo = gl.maximum(part_lo - line_pos - OVERHEAD, 0)
+    t_hi = gl.minimum(gl.minimum(part_hi - line_pos - OVERHEAD, n_sched), n_tiles)
+    return length, n_sched, t_lo, t_hi
+
+
+@gluon.jit
+def _pieces(num_splits_ptr, r, line_pos, n_sched, payload, pid_part, OVERHEAD: gl.constexpr):
+    """Whether request r is one piece (final output here) and, if not, the index of this part's
+    piece in the combine's accumulators."""
+    first_part = (line_pos + OVERHEAD) // payload
+    last_part = (line_pos + OVERHEAD + n_sched - 1) // payload
+    piece = gl.load(num_splits_ptr + r) + pid_part - first_part
+    return first_part == last_part, first_part != last_part, piece
+
+
+@gluon.jit
+def _store_half(acc, fin, r, tok, head, mask_r, offs_d, whole, split, piece, out_ptr, o_acc_ptr,
+                stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h):
+    """One 256-wide half of the tile's output rows, ``acc · fin``: the final output when the
+    request is one piece, else this piece into the combine's accumulators. Both destinations
+    are written with complementary masks (no divergent branch around stores inside a
+    warp-specialized partition)."""
+    o = acc * gl.expand_dims(fin, 1)
+    head2 = gl.expand_dims(head, 1)
+    d2 = gl.expand_dims(offs_d, 0)
+    mask2 = gl.expand_dims(mask_r, 1)
+    ptrs = out_ptr + r.to(gl.int64) * stride_ob + tok * stride_ot + head2 * stride_oh + d2
+    gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=mask2 & whole)
+    acc_ptrs = (o_acc_ptr + piece.to(gl.int64) * stride_oa_piece + tok * stride_oa_t
+                + head2 * stride_oa_h + d2)
+    gl.store(acc_ptrs, o, mask=mask2 & split)
+
+
+@gluon.jit
+def _dequant_store(raw, scale, dst):
+    """fp8 e4m3 bytes ``raw [BLOCK_N, GROUP]`` × per-row ``scale`` → bf16 into ``dst``."""
+    x = raw.to(gl.float8e4nv, bitcast=True).to(gl.float32) * gl.expand_dims(scale, 1)
+    dst.store(x.to(gl.bfloat16))
+
+
+@gluon.jit
+def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free, k_ready,
+                        k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q, topk,
+                        num_tokens, stride_kp, stride_ib, stride_it,
+                        D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                        PAGE_SIZE: gl.constexpr, OVERHEAD: gl.constexpr,
+                        META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
+                        STAGES: gl.constexpr, WARPS: gl.constexpr):
+    # one thread: 16 consecutive bytes of a token row; 8 threads span a 128-byte scale group
+    nope_l: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [WARPS, 1], [1, 0])
+    # RoPE: 8 bf16 (16 bytes) a thread, 8 threads span the 64 values
+    rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
+    row_l: gl.constexpr = gl.SliceLayout(1, nope_l)
+    rrow_l: gl.constexpr = gl.SliceLayout(1, rope_l)
+    D_ROPE: gl.constexpr = kr_s.shape[2]
+
+    pid_h = gl.program_id(0)
+    tok = gl.program_id(1)
+    pid_part = gl.program_id(2)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
+                                                                    META_COLS)
+    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
+    offs_n = gl.arange(0, BLOCK_N, layout=row_l)
+    cols = gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, nope_l)), 0)
+    rcols = gl.expand_dims(gl.arange(0, D_ROPE, layout=gl.SliceLayout(0, rope_l)), 0)
+    it = 0
+    rq = 0
+    r = begin_req
+    # while loops, not `for ... in range`: Triton 3.6 drops a for loop's carried value that is
+    # used only as the bounds of an inner loop (line_pos) inside warp-specialized partitions
+    while r <= end_req:
+        length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
+                                                     part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
+        q_row = (r * s_q + tok) * h_q + pid_h * BLOCK_H
+        mbarrier.wait(q_free, (rq & 1) ^ 1)
+        mbarrier.expect(q_ready, q_bytes)
+        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
+        tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
+        tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
+        idx_row = idx_ptr + r.to(gl.int64) * stride_ib + tok * stride_it
+        # the indices of a tile are loaded one tile ahead, so a gather waits for one load only
+        slots = t_lo * BLOCK_N + offs_n
+        idx_next = gl.load(idx_row + slots, mask=slots < length, other=-1)
+        t = t_lo
+        while t < t_hi:
+            s = it % STAGES
+            slots = t * BLOCK_N + offs_n
+            in_len = slots < length
+            idx = idx_next
+            valid = in_len & (idx >= 0) & (idx < num_tokens)
+            p_tok = gl.where(valid, idx, 0).to(gl.int64)
+            page = p_tok // PAGE_SIZE
+            tok_ptr = k_ptr + page * stride_kp + (p_tok - page * PAGE_SIZE) * TOKEN_BYTES
+            row_ptr = gl.expand_dims(tok_ptr, 1) + cols  # [BLOCK_N, GROUP] bytes of group 0
+            vmask = gl.expand_dims(valid, 1)
+            # every gather of the tile first (all in flight together) ...
+            raw0 = gl.load(row_ptr, mask=vmask, other=0)
+            raw1 = gl.load(row_ptr + GROUP, mask=vmask, other=0)
+            raw2 = gl.load(row_ptr + 2 * GROUP, mask=vmask, other=0)
+            raw3 = gl.load(row_ptr + 3 * GROUP, mask=vmask, other=0)
+            sc_ptr = (tok_ptr + SCALE_OFFSET).to(gl.pointer_type(gl.float32))
+            sc0 = gl.load(sc_ptr, mask=valid, other=0.0)
+            sc1 = gl.load(sc_ptr + 1, mask=valid, other=0.0)
+            sc2 = gl.load(sc_ptr + 2, mask=valid, other=0.0)
+            sc3 = gl.load(sc_ptr + 3, mask=valid, other=0.0)
+            r_ptr = gl.convert_layout(tok_ptr + ROPE_OFFSET, rrow_l).to(
+                gl.pointer_type(gl.bfloat16))
+            r_valid = gl.expand_dims(gl.convert_layout(valid, rrow_l), 1)
+            rope = gl.load(gl.expand_dims(r_ptr, 1) + rcols, mask=r_valid, other=0.0)
+            idx_next = gl.load(idx_row + slots + BLOCK_N, mask=slots + BLOCK_N < length,
+                               other=-1)
+            # ... then wait for the ring slot, dequantize and publish
+            mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
+            k0 = k_s.index(2 * s)
+            k1 = k_s.index(2 * s + 1)
+            _dequant_store(raw0, sc0, k0.slice(0, GROUP, dim=1))
+            _dequant_store(raw1, sc1, k0.slice(GROUP, GROUP, dim=1))
+            _dequant_store(raw2, sc2, k1.slice(0, GROUP, dim=1))
+            _dequant_store(raw3, sc3, k1.slice(GROUP, GROUP, dim=1))
+            kr_s.index(s).store(rope)
+            v_s.index(s).store(valid.to(gl.int32))
+            fence_async_shared()
+            mbarrier.arrive(k_ready.index(s), count=1)
+            it += 1
+            t += 1
+        line_pos += OVERHEAD + n_sched
+        rq += 1
+        r += 1
+
+
+@gluon.jit
+def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+                       p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr, num_splits_ptr,
+                       out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, scale_log2, h_q, topk,
+                       stride_ob, stride_ot, stride_oh, stride_lb, stride_lt, stride_lh,
+                       stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
+                       D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                       OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
+                       HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+                       STAGES: gl.constexpr):
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D_HALF, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+
+    pid_h = gl.program_id(0)
+    tok = gl.program_id(1)
+    pid_part = gl.program_id(2)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
+                                                                    META_COLS)
+    head_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_s)
+    mask_s = head_s < h_q
+    if HAS_SINK:
+        sink2 = gl.load(sink_ptr + head_s, mask=mask_s, other=float("-inf")) * LOG2E
+    head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
+    mask_o = head_o < h_q
+    offs_d = gl.arange(0, D_HALF, layout=col_o)
+
+    it = 0
+    msg = 0
+    rq = 0
+    r = begin_req
+    while r <= end_req:
+        length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
+                                                     part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
+        mbarrier.wait(q_ready, rq & 1)
+        m_i = gl.full([BLOCK_H], MAX_SENTINEL, gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_s)
+        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        t = t_lo
+        while t < t_hi:
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            k0 = k_s.index(2 * s)
+            k1 = k_s.index(2 * s + 1)
+            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
+            sc = warpgroup_mma(q_s.index(0), k0.permute((1, 0)), sc, use_acc=False,
+                               is_async=True)
+            sc = warpgroup_mma(q_s.index(1), k1.permute((1, 0)), sc, is_async=True)
+            sc = warpgroup_mma(qr_s, kr_s.index(s).permute((1, 0)), sc, is_async=True)
+            valid = gl.expand_dims(v_s.index(s).load(col_s) != 0, 0)
+            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+            # Q is read only by S = Q·Kᵀ: free it after the request's last tile of scores, so
+            # the next request's Q loads under this tile's softmax and P·V
+            mbarrier.arrive(q_free, count=1, pred=t == t_hi - 1)
+            sc = gl.where(valid, sc * scale_log2, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+            p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            p16 = p.to(k_s.dtype)
+            # hand P and the rescale factors to the PV warpgroup
+            mbarrier.wait(p_free, (msg & 1) ^ 1)
+            p_s.store(p16)
+            a_s.store(alpha)
+            fence_async_shared()
+            mbarrier.arrive(p_ready, count=1)
+            msg += 1
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            acc = warpgroup_mma(gl.convert_layout(p16, p_layout), k0, acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(k_free.index(s), count=1)
+            it += 1
+            t += 1
+        # a request with no index tile in this part: Q was never read
+        mbarrier.arrive(q_free, count=1, pred=t_hi <= t_lo)
+        whole, split, piece = _pieces(num_splits_ptr, r, line_pos, n_sched, payload, pid_part, OVERHEAD)
+        has_keys = l_i > 0.0
+        safe_l = gl.where(has_keys, l_i, 1.0)
+        lse2 = gl.where(has_keys, m_i + gl.log2(safe_l), float("-inf"))  # base 2
+        inv = 1.0 / safe_l  # acc is 0 in rows that saw no key
+        fin = inv
+        if HAS_SINK:
+            # out · 1 / (1 + 2^(σ·log2e − lse₂)); σ = +inf → 0; rows without keys stay 0
+            gap = sink2 - gl.where(has_keys, lse2, 0.0)
+            fin = gl.where(whole, gl.where(has_keys, inv / (1.0 + gl.exp2(gap)), 0.0), inv)
+        # final message of the request: the factor of each output row, for the PV warpgroup
+        mbarrier.wait(p_free, (msg & 1) ^ 1)
+        a_s.store(fin)
+        mbarrier.arrive(p_ready, count=1)
+        msg += 1
+        _store_half(acc, gl.convert_layout(fin, row_o), r, tok, head_o, mask_o, offs_d, whole,
+                    split, piece, out_ptr, o_acc_ptr, stride_ob, stride_ot, stride_oh, stride_oa_piece,
+                    stride_oa_t, stride_oa_h)
+        lse_nat = gl.where(has_keys, lse2 * LN2, float("inf"))
+        gl.store(lse_ptr + r.to(gl.int64) * stride_lb + tok * stride_lt + head_s * stride_lh,
+                 lse_nat, mask=mask_s & whole)
+        gl.store(lse_acc_ptr + piece.to(gl.int64) * stride_la_piece + tok * stride_la_t + head_s,
+                 lse2, mask=mask_s & split)
+        line_pos += OVERHEAD + n_sched
+        rq += 1
+        r += 1
+
+
+@gluon.jit
+def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr, meta_ptr,
+                  num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk,
+                  stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
+                  D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                  OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
+                  HAS_TOPK_LEN: gl.constexpr, STAGES: gl.constexpr):
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D_HALF, 16])
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+    pid_h = gl.program_id(0)
+    tok = gl.program_id(1)
+    pid_part = gl.program_id(2)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
+                                                                    META_COLS)
+    head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
+    mask_o = head_o < h_q
+    offs_d = D_HALF + gl.arange(0, D_HALF, layout=col_o)
+    it = 0
+    msg = 0
+    r = begin_req
+    while r <= end_req:
+        length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
+                                                     part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
+        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        t = t_lo
+        while t < t_hi:
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            mbarrier.wait(p_ready, msg & 1)
+            alpha = a_s.load(row_o)
+            acc = acc * gl.expand_dims(alpha, 1)
+            acc = warpgroup_mma(p_s, k_s.index(2 * s + 1), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(p_free, count=1)
+            mbarrier.arrive(k_free.index(s), count=1)
+            msg += 1
+            it += 1
+            t += 1
+        mbarrier.wait(p_ready, msg & 1)
+        fin = a_s.load(row_o)
+        mbarrier.arrive(p_free, count=1)
+        msg += 1
+        whole, split, piece = _pieces(num_splits_ptr, r, line_pos, n_sched, payload, pid_part, OVERHEAD)
+        _store_half(acc, fin, r, tok, head_o, mask_o, offs_d, whole, split, piece, out_ptr, o_acc_ptr,
+                    stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h)
+        line_pos += OVERHEAD + n_sched
+        r += 1
+
+
+@gluon.jit
+def _sparse_decode_gluon_kernel(
+    q_desc, qr_desc, k_ptr, idx_ptr, topk_len_ptr, sink_ptr, meta_ptr, num_splits_ptr,
+    out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+    scale_log2, s_q, h_q, topk, num_tokens,
+    stride_kp,  # k_cache bytes between pages
+    stride_ib, stride_it,  # indices [b, s_q, topk], last dim 1
+    stride_ob, stride_ot, stride_oh,  # out [b, s_q, h_q, 512], last dim 1
+    stride_lb, stride_lt, stride_lh,  # lse [b, s_q, h_q]
+    stride_oa_piece, stride_oa_t, stride_oa_h,  # o_acc [pieces, s_q, h_q, 512], last dim 1
+    stride_la_piece, stride_la_t,  # lse_acc [pieces, s_q, h_q], last dim 1
+    PAGE_SIZE: gl.constexpr, D_HALF: gl.constexpr, D_ROPE: gl.constexpr,
+    BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, OVERHEAD: gl.constexpr,
+    META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+    STAGES: gl.constexpr, PV_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    PRODUCER_WARPS: gl.constexpr,
+):
+    dtype: gl.constexpr = gl.bfloat16
+    k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_HALF], dtype)
+    kr_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_ROPE], dtype)
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
+    q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], q_desc.layout)
+    qr_s = gl.allocate_shared_memory(dtype, [BLOCK_H, D_ROPE], qr_desc.layout)
+    k_s = gl.allocate_shared_memory(dtype, [2 * STAGES, BLOCK_N, D_HALF], k_layout)
+    kr_s = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D_ROPE], kr_layout)
+    v_s = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N],
+                                    gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
+    a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
+                                    gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_ready, count=1)
+    mbarrier.init(q_free, count=1)
+    mbarrier.init(p_ready, count=1)
+    mbarrier.init(p_free, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
+    fence_async_shared()
+
+    gl.warp_specialize([
+        (_softmax_partition, (q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready,
+                              k_free, p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr,
+                              num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+                              scale_log2, h_q, topk, stride_ob, stride_ot, stride_oh,
+                              stride_lb, stride_lt, stride_lh, stride_oa_piece, stride_oa_t,
+                              stride_oa_h, stride_la_piece, stride_la_t, D_HALF, BLOCK_H,
+                              BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES)),
+        (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
+                         meta_ptr, num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk, stride_ob,
+                         stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
+                         D_HALF, BLOCK_H, BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, STAGES)),
+        (_producer_partition, (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free,
+                               k_ready, k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q,
+                               topk, num_tokens, stride_kp, stride_ib, stride_it, D_HALF,
+                               BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD, META_COLS, HAS_TOPK_LEN,
+                               STAGES, PRODUCER_WARPS)),
+    ], [4, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS])

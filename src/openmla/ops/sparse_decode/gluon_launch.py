@@ -1,0 +1,171 @@
+"""Launch the Hopper (Gluon) sparse-decode split kernel: schedule (when the meta object has none)
+→ split kernel (``gluon_kernel.py``) → combine (``ops/combine``, shared with the portable path),
+no host synchronisation. Calls the kernel cannot take go to the portable launcher."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ... import _library
+from ...device import device_info
+from ..combine.launch import decode_combine
+from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
+from .config import SCHED_N
+from .launch import _check_alignment, schedule_lengths, sparse_decode_triton
+
+LOG2E = 1.0 / math.log(2.0)
+D_QK = 576  # V3.2 layout only (MODEL1 and the extra cache run the portable kernel)
+D_V = 512
+GLUON_BLOCK_H = 64  # query heads of one token per CTA: one wgmma M tile (fewer are padded)
+GLUON_BLOCK_N = SCHED_N  # index slots per tile = one scheduling block
+# ring of dequantized key tiles: Q (72 KiB) + 2 x K (72 KiB each) + P (8 KiB) ≈ 224 KiB of smem
+GLUON_STAGES = 2
+GLUON_PRODUCER_WARPS = 4  # the gather + dequantization warpgroup
+# registers a thread keeps (setmaxnreg; 12 warps cap the kernel at 168): the PV warpgroup holds a
+# 64x256 fp32 accumulator (128), the producer a tile's gathered bytes (80) and their conversion,
+# the softmax warpgroup gets the rest (208). ptxas for sm_90 (`benchmarks/sparse_decode_gluon.py
+# --compile`): 96 bytes of scalar spills (loop state, no tensor data) with (160, 136); PV below
+# 160 spills its accumulator's neighbours (436 B at 152). Not timed yet.
+GLUON_PV_REGS = 160
+GLUON_PRODUCER_REGS = 136
+
+
+def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int,
+             extra_k_cache: torch.Tensor | None) -> bool:
+    """Whether the Gluon kernel takes this call: V3.2 layout (d_qk 576), bf16 q, 512 value
+    dims, no extra cache, a non-empty cache on a CUDA device."""
+    return (q.shape[-1] == D_QK and q.dtype == torch.bfloat16 and head_dim_v == D_V
+            and extra_k_cache is None and q.is_cuda
+            and k_cache.shape[0] * k_cache.shape[1] > 0)
+
+
+def num_parts_for(h_q: int, s_q: int, num_sms: int) -> int:
+    """Split-KV parts: (head tiles × s_q × parts) CTAs fill the SMs once."""
+    head_tiles = -(-h_q // GLUON_BLOCK_H)
+    return max(num_sms // (s_q * head_tiles), 1)
+
+
+def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.Tensor,
+                        softmax_scale: float, head_dim_v: int,
+                        attn_sink: torch.Tensor | None = None,
+                        topk_length: torch.Tensor | None = None,
+                        extra_k_cache: torch.Tensor | None = None,
+                        extra_indices_in_kvcache: torch.Tensor | None = None,
+                        extra_topk_length: torch.Tensor | None = None,
+                        sched=None, stages: int = GLUON_STAGES
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Hopper backend entry (same contract as ``sparse_decode_triton``)."""
+    if not gluon_ok(q, k_cache, head_dim_v, extra_k_cache):
+        return sparse_decode_triton(q, k_cache, indices, softmax_scale, head_dim_v, attn_sink,
+                                    topk_length, extra_k_cache, extra_indices_in_kvcache,
+                                    extra_topk_length, sched)
+    from . import gluon_library  # noqa: F401  (registers openmla::sparse_decode_gluon)
+
+    b, s_q, h_q, _ = q.shape
+    num_parts = num_parts_for(h_q, s_q, device_info(q.device).num_sms)
+    meta = num_splits = None
+    if sched is not None and sched.tile_scheduler_metadata is not None:
+        meta, num_splits = sched.tile_scheduler_metadata, sched.num_splits
+        if meta.shape[0] != num_parts or meta.device != q.device:
+            meta = None  # made for another device or launch shape: schedule again
+    if meta is None:
+        lengths = schedule_lengths(b, indices.shape[-1], topk_length, None, None, q.device)
+        meta, num_splits = _library.ops.decode_schedule(lengths, num_parts)
+        if sched is not None:
+            sched.tile_scheduler_metadata, sched.num_splits = meta, num_splits
+    out, lse = torch.ops.openmla.sparse_decode_gluon(q, k_cache, indices, meta, num_splits,
+                                                     softmax_scale, head_dim_v, attn_sink,
+                                                     topk_length, stages)
+    return out, lse.transpose(1, 2)
+
+
+def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_scale,
+                                head_dim_v, attn_sink, topk_length, stages,
+                                pv_regs=GLUON_PV_REGS, producer_regs=GLUON_PRODUCER_REGS,
+                                combine=True):
+    """Gluon split kernel and combine for one call (the ``openmla::sparse_decode_gluon`` op).
+    ``pv_regs`` / ``producer_regs`` / ``combine=False`` are for benchmarks only.
+
+    Returns ``out [b, s_q, h_q, 512]`` bf16 and ``lse [b, s_q, h_q]`` float32, both
+    contiguous (the public lse is the ``[b, h_q, s_q]`` transposed view)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .gluon_kernel import _sparse_decode_gluon_kernel
+
+    b, s_q, h_q, d_qk = q.shape
+    _check_alignment("k_cache", k_cache, d_qk)
+    num_parts = meta.shape[0]
+    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16, device=q.device)
+    lse = torch.empty(b, s_q, h_q, dtype=torch.float32, device=q.device)
+    pieces = b + num_parts  # upper bound of the schedule's pieces
+    o_acc = torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
+    lse_acc = torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device)
+    kc = k_cache.view(torch.uint8)
+    half, d_rope = head_dim_v // 2, d_qk - head_dim_v
+    q2 = q.contiguous().view(b * s_q * h_q, d_qk)  # rows: request, token, head
+
+    def desc(t, block):
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+
+    grid = (-(-h_q // GLUON_BLOCK_H), s_q, num_parts)
+    _sparse_decode_gluon_kernel[grid](
+        desc(q2, [GLUON_BLOCK_H, half]), desc(q2, [GLUON_BLOCK_H, d_rope]),
+        kc, indices, topk_length if topk_length is not None else indices,
+        attn_sink if attn_sink is not None else lse, meta, num_splits,
+        out, lse, o_acc, lse_acc,
+        softmax_scale * LOG2E, s_q, h_q, indices.shape[-1], kc.shape[0] * kc.shape[1],
+        kc.stride(0), indices.stride(0), indices.stride(1),
+        out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
+        lse_acc.stride(0), lse_acc.stride(1),
+        PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
+        BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
+        HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
+        STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
+        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, num_warps=4)
+    if combine:
+        decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
+    return out, lse
+
+
+# --- offline compilation for sm_90 (no GPU needed): tests and reports ------------------------
+
+def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool = True,
+                 stages: int = GLUON_STAGES, pv_regs: int = GLUON_PV_REGS,
+                 producer_regs: int = GLUON_PRODUCER_REGS):
+    """The split kernel compiled for Hopper (sm_90) with 16-divisible pointers and strides, as
+    a launch at production shapes specialises it. Must run without TRITON_INTERPRET."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from .gluon_kernel import _sparse_decode_gluon_kernel as fn
+
+    def desc(shape):
+        layout = gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
+        return f"tensordesc<bf16[{','.join(map(str, shape))}],{layout!r}>"
+
+    types = {"q_desc": desc([GLUON_BLOCK_H, D_V // 2]), "qr_desc": desc([GLUON_BLOCK_H, 64]),
+             "k_ptr": "*u8", "idx_ptr": "*i32", "topk_len_ptr": "*i32", "sink_ptr": "*fp32",
+             "meta_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": "*bf16",
+             "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
+             "scale_log2": "fp32"}
+    ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=GLUON_BLOCK_H,
+              BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
+              HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink, STAGES=stages, PV_REGS=pv_regs,
+              PRODUCER_REGS=producer_regs, PRODUCER_WARPS=GLUON_PRODUCER_WARPS)
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in ce:
+            sig[name] = "constexpr"
+        else:
+            sig[name] = types.get(name, "i32")
+            if sig[name].startswith("*") or name.startswith("stride_"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

@@ -1,0 +1,357 @@
+"""Hopper (sm90) fast path of sparse MLA prefill in Gluon: warp-specialized and persistent.
+
+A work item is (query token, block of 64 heads); its 64 query rows are one wgmma M tile and its
+key tiles are the token's top-k list in 64-slot steps. Each CTA walks work items
+``pid, pid + grid, ...`` (token-major, so the head blocks of a token run on neighbouring CTAs at
+the same time and share the gathered rows in L2) through three partitions that hand tiles over
+shared memory:
+
+* gather (LOAD_WARPS warps): reads the 64 indices of a tile and copies the rows they name with
+  ``cp.async`` (16-byte pieces, one 512-byte half-row per warp instruction) into a ring of STAGES
+  NVMMA-swizzled key buffers — two 256-wide halves plus the 64-wide RoPE part for d_qk 576.
+  Invalid slots (index < 0 or >= s_kv, or slot >= topk_length) are predicated off, so their rows
+  are zero-filled and never read from memory; completion is signalled by per-thread
+  ``cp.async.mbarrier.arrive`` on the stage's barrier. The item's query rows come the same way
+  (heads past h_q zero-filled), once per item, into a Q buffer freed as soon as the item's last
+  scores are in registers, so the next item's Q loads under this item's tail;
+* softmax warpgroup (default partition): S = Q·Kᵀ with wgmma from shared memory, -inf at invalid
+  slots, online softmax (base 2), publishes P (bf16) and the rescale factor of each row, and
+  accumulates the left half of the output, O_L = O_L·α + P·V[:, :256]; at the end of an item it
+  writes max_logits, lse and O_L, and hands the PV warpgroup the final multiplier of each row
+  (sink factor / row sum, 0 for rows with no valid key);
+* PV warpgroup: O_R = O_R·α + P·V[:, 256:] with P read from shared memory.
+
+V is the first 512 dims of a row (all of it for d_qk 512): the same buffers as K. Rows with no
+valid index end with P = 0 everywhere, O = 0, max_logits -inf and lse +inf.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+LN2 = gl.constexpr(0.6931471805599453)
+LOG2E = gl.constexpr(1.4426950408889634)
+MAX_SENTINEL = gl.constexpr(-1.0e30)  # finite running-max start: no (-inf) - (-inf)
+
+
+@gluon.jit
+def _item(item, n_hb, topk, topk_length_ptr, stride_tl, HAS_TOPK_LEN: gl.constexpr,
+          BLOCK_N: gl.constexpr):
+    """Token, head block, number of listed slots and of key tiles of work item ``item`` (the
+    same in every partition)."""
+    tok = item // n_hb
+    hb = item % n_hb
+    n_slots = topk
+    if HAS_TOPK_LEN:
+        n_slots = gl.maximum(gl.minimum(gl.load(topk_length_ptr + tok.to(gl.int64) * stride_tl),
+                                        topk), 0)
+    return tok, hb, n_slots, (n_slots + BLOCK_N - 1) // BLOCK_N
+
+
+@gluon.jit
+def _gather_rows(dst, base_ptr, row_off, row_ok, col0, WIDTH: gl.constexpr,
+                 layout: gl.constexpr, EVICT_LAST: gl.constexpr):
+    """cp.async of ``WIDTH`` columns from ``col0`` of the rows at ``base_ptr + row_off`` into
+    ``dst``; rows where ``row_ok`` is false are zero-filled without being read."""
+    cols = col0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, layout))
+    ptrs = base_ptr + gl.expand_dims(row_off, 1) + gl.expand_dims(cols, 0)
+    if EVICT_LAST:
+        async_copy.async_copy_global_to_shared(dst, ptrs, mask=gl.expand_dims(row_ok, 1),
+                                               eviction_policy="evict_last")
+    else:
+        async_copy.async_copy_global_to_shared(dst, ptrs, mask=gl.expand_dims(row_ok, 1))
+
+
+@gluon.jit
+def _load_partition(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
+                    q_ptr, kv_ptr, indices_ptr, topk_length_ptr,
+                    s_kv, h_q, topk, n_hb, n_items,
+                    stride_qt, stride_qh, stride_kvs, stride_it, stride_tl,
+                    D_HALF: gl.constexpr, D_ROPE: gl.constexpr, BLOCK_H: gl.constexpr,
+                    BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
+                    LOAD_WARPS: gl.constexpr, EVICT_LAST: gl.constexpr):
+    # a warp instruction covers one 256-wide half row (32 lanes x 16 bytes) or four RoPE rows
+    half_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [LOAD_WARPS, 1], [1, 0])
+    rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [LOAD_WARPS, 1], [1, 0])
+    row_h: gl.constexpr = gl.SliceLayout(1, half_l)
+    row_r: gl.constexpr = gl.SliceLayout(1, rope_l)
+    offs_n_h = gl.arange(0, BLOCK_N, layout=row_h)
+    offs_n_r = gl.arange(0, BLOCK_N, layout=row_r)
+    offs_qh_h = gl.arange(0, BLOCK_H, layout=row_h)
+    offs_qh_r = gl.arange(0, BLOCK_H, layout=row_r)
+    it = 0
+    rq = 0
+    item = gl.program_id(0)
+    # while loops: Triton 3.6 may drop a for loop's carried value used only as an inner bound
+    while item < n_items:
+        tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
+                                          HAS_TOPK_LEN, BLOCK_N)
+        tok64 = tok.to(gl.int64)
+        # --- the item's query rows (heads past h_q read as zeros)
+        mbarrier.wait(q_free, (rq & 1) ^ 1)
+        q_base = q_ptr + tok64 * stride_qt
+        head_h = hb * BLOCK_H + offs_qh_h
+        _gather_rows(q_s.index(0), q_base, head_h * stride_qh, head_h < h_q, 0, D_HALF, half_l,
+                     False)
+        _gather_rows(q_s.index(1), q_base, head_h * stride_qh, head_h < h_q, D_HALF, D_HALF,
+                     half_l, False)
+        if D_ROPE > 0:
+            head_r = hb * BLOCK_H + offs_qh_r
+            _gather_rows(qr_s, q_base, head_r * stride_qh, head_r < h_q, 2 * D_HALF, D_ROPE,
+                         rope_l, False)
+        async_copy.mbarrier_arrive(q_ready, increment_count=False)
+        # --- the key tiles
+        idx_row = indices_ptr + tok64 * stride_it
+        t = 0
+        while t < n_tiles:
+            s = it % STAGES
+            # the tile's indices are read before waiting for its buffer (their latency hides
+            # behind the wait)
+            slots_h = t * BLOCK_N + offs_n_h
+            idx_h = gl.load(idx_row + slots_h, mask=slots_h < n_slots, other=-1)
+            ok_h = (idx_h >= 0) & (idx_h < s_kv)
+            off_h = gl.where(ok_h, idx_h, 0).to(gl.int64) * stride_kvs
+            if D_ROPE > 0:
+                slots_r = t * BLOCK_N + offs_n_r
+                idx_r = gl.load(idx_row + slots_r, mask=slots_r < n_slots, other=-1)
+                ok_r = (idx_r >= 0) & (idx_r < s_kv)
+                off_r = gl.where(ok_r, idx_r, 0).to(gl.int64) * stride_kvs
+            mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
+            _gather_rows(k_s.index(2 * s), kv_ptr, off_h, ok_h, 0, D_HALF, half_l,
+                         EVICT_LAST)
+            _gather_rows(k_s.index(2 * s + 1), kv_ptr, off_h, ok_h, D_HALF, D_HALF, half_l,
+                         EVICT_LAST)
+            if D_ROPE > 0:
+                _gather_rows(kr_s.index(s), kv_ptr, off_r, ok_r, 2 * D_HALF, D_ROPE, rope_l,
+                             EVICT_LAST)
+            async_copy.mbarrier_arrive(k_ready.index(s), increment_count=False)
+            it += 1
+            t += 1
+        rq += 1
+        item += gl.num_programs(0)
+
+
+@gluon.jit
+def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+                       p_ready, p_free,
+                       indices_ptr, topk_length_ptr, sink_ptr, out_ptr, max_logits_ptr, lse_ptr,
+                       scale_log2, s_kv, h_q, topk, n_hb, n_items,
+                       stride_it, stride_tl, stride_sink, stride_ot, stride_oh,
+                       stride_mt, stride_mh, stride_lt, stride_lh,
+                       D_HALF: gl.constexpr, D_ROPE: gl.constexpr, BLOCK_H: gl.constexpr,
+                       BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
+                       HAS_SINK: gl.constexpr):
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D_HALF, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+    offs_n = gl.arange(0, BLOCK_N, layout=col_s)
+    offs_h_s = gl.arange(0, BLOCK_H, layout=row_s)
+    offs_h_o = gl.arange(0, BLOCK_H, layout=row_o)
+    offs_d = gl.arange(0, D_HALF, layout=col_o)
+    it = 0
+    msg = 0
+    rq = 0
+    item = gl.program_id(0)
+    while item < n_items:
+        tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
+                                          HAS_TOPK_LEN, BLOCK_N)
+        tok64 = tok.to(gl.int64)
+        idx_row = indices_ptr + tok64 * stride_it
+        mbarrier.wait(q_ready, rq & 1)
+        fence_async_shared()  # cp.async (generic proxy) wrote Q; wgmma reads it (async proxy)
+        m_i = gl.full([BLOCK_H], MAX_SENTINEL, gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_s)
+        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        t = 0
+        while t < n_tiles:
+            s = it % STAGES
+            slots = t * BLOCK_N + offs_n
+            idx = gl.load(idx_row + slots, mask=slots < n_slots, other=-1)
+            valid = gl.expand_dims((idx >= 0) & (idx < s_kv), 0)
+            mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            fence_async_shared()
+            k0 = k_s.index(2 * s)
+            k1 = k_s.index(2 * s + 1)
+            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
+            sc = warpgroup_mma(q_s.index(0), k0.permute((1, 0)), sc, use_acc=False,
+                               is_async=True)
+            sc = warpgroup_mma(q_s.index(1), k1.permute((1, 0)), sc, is_async=True)
+            if D_ROPE > 0:
+                sc = warpgroup_mma(qr_s, kr_s.index(s).permute((1, 0)), sc, is_async=True)
+            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+            # Q is read only by S = Q·Kᵀ: free it after the item's last scores
+            mbarrier.arrive(q_free, count=1, pred=t == n_tiles - 1)
+            sc = gl.where(valid, sc * scale_log2, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+            p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            p16 = p.to(k_s.dtype)
+            # hand P and the rescale factors to the PV warpgroup
+            mbarrier.wait(p_free, (msg & 1) ^ 1)
+            p_s.store(p16)
+            a_s.store(alpha)
+            fence_async_shared()
+            mbarrier.arrive(p_ready, count=1)
+            msg += 1
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            acc = warpgroup_mma(gl.convert_layout(p16, p_layout), k0, acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(k_free.index(s), count=1)
+            it += 1
+            t += 1
+        # an item with no key tile never read its Q
+        mbarrier.arrive(q_free, count=1, pred=n_tiles == 0)
+        has_keys = l_i > 0.0
+        safe_l = gl.where(has_keys, l_i, 1.0)
+        lse2 = m_i + gl.log2(safe_l)
+        mult = 1.0 / safe_l
+        head_s = hb * BLOCK_H + offs_h_s
+        mask_s = head_s < h_q
+        if HAS_SINK:
+            # out · 1 / (1 + e^(σ - lse)); σ = +inf gives 0, σ = -inf gives 1
+            sink = gl.load(sink_ptr + head_s * stride_sink, mask=mask_s, other=float("-inf"))
+            mult = mult / (1.0 + gl.exp2(sink * LOG2E - gl.where(has_keys, lse2, 0.0)))
+        mult = gl.where(has_keys, mult, 0.0)
+        # final message of the item: each row's output multiplier
+        mbarrier.wait(p_free, (msg & 1) ^ 1)
+        a_s.store(mult)
+        mbarrier.arrive(p_ready, count=1)
+        msg += 1
+        gl.store(max_logits_ptr + tok64 * stride_mt + head_s * stride_mh,
+                 gl.where(has_keys, m_i * LN2, float("-inf")), mask=mask_s)
+        gl.store(lse_ptr + tok64 * stride_lt + head_s * stride_lh,
+                 gl.where(has_keys, lse2 * LN2, float("inf")), mask=mask_s)
+        head_o = hb * BLOCK_H + offs_h_o
+        o = acc * gl.expand_dims(gl.convert_layout(mult, row_o), 1)
+        ptrs = (out_ptr + tok64 * stride_ot + gl.expand_dims(head_o * stride_oh, 1)
+                + gl.expand_dims(offs_d, 0))
+        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(head_o < h_q, 1))
+        rq += 1
+        item += gl.num_programs(0)
+
+
+@gluon.jit
+def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
+                  topk_length_ptr, out_ptr, h_q, topk, n_hb, n_items,
+                  stride_tl, stride_ot, stride_oh,
+                  D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                  STAGES: gl.constexpr, HAS_TOPK_LEN: gl.constexpr):
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D_HALF, 16])
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+    offs_h_o = gl.arange(0, BLOCK_H, layout=row_o)
+    offs_d = D_HALF + gl.arange(0, D_HALF, layout=col_o)
+    it = 0
+    msg = 0
+    item = gl.program_id(0)
+    while item < n_items:
+        tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
+                                          HAS_TOPK_LEN, BLOCK_N)
+        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        t = 0
+        while t < n_tiles:
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            mbarrier.wait(p_ready, msg & 1)
+            fence_async_shared()
+            alpha = a_s.load(row_o)
+            acc = acc * gl.expand_dims(alpha, 1)
+            acc = warpgroup_mma(p_s, k_s.index(2 * s + 1), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(p_free, count=1)
+            mbarrier.arrive(k_free.index(s), count=1)
+            msg += 1
+            it += 1
+            t += 1
+        mbarrier.wait(p_ready, msg & 1)
+        mult = a_s.load(row_o)
+        mbarrier.arrive(p_free, count=1)
+        msg += 1
+        head_o = hb * BLOCK_H + offs_h_o
+        o = acc * gl.expand_dims(mult, 1)
+        ptrs = (out_ptr + tok.to(gl.int64) * stride_ot + gl.expand_dims(head_o * stride_oh, 1)
+                + gl.expand_dims(offs_d, 0))
+        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(head_o < h_q, 1))
+        item += gl.num_programs(0)
+
+
+@gluon.jit
+def _sparse_prefill_gluon_kernel(
+    q_ptr, kv_ptr, indices_ptr, topk_length_ptr, sink_ptr,
+    out_ptr, max_logits_ptr, lse_ptr,
+    scale_log2,  # sm_scale * log2(e)
+    s_kv, h_q, topk, n_hb, n_items,
+    stride_qt, stride_qh,  # q [s_q, h_q, d_qk], last dim contiguous
+    stride_kvs,  # kv [s_kv, 1, d_qk], last dim contiguous
+    stride_it,  # indices [s_q, 1, topk], last dim contiguous
+    stride_tl, stride_sink,
+    stride_ot, stride_oh,  # out [s_q, h_q, 512]
+    stride_mt, stride_mh, stride_lt, stride_lh,  # max_logits, lse [s_q, h_q]
+    D_HALF: gl.constexpr,  # 256: half of V's 512 dims
+    D_ROPE: gl.constexpr,  # 64 for d_qk 576, 0 for d_qk 512
+    BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+    HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+    PV_REGS: gl.constexpr, LOAD_REGS: gl.constexpr, LOAD_WARPS: gl.constexpr,
+    EVICT_LAST: gl.constexpr,  # evict_last hint on the KV gathers (rows are shared by tokens)
+):
+    dtype: gl.constexpr = kv_ptr.dtype.element_ty
+    half_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_HALF], dtype)
+    rope_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, 64], dtype)
+    q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], half_sl)
+    k_s = gl.allocate_shared_memory(dtype, [2 * STAGES, BLOCK_N, D_HALF], half_sl)
+    if D_ROPE > 0:
+        qr_s = gl.allocate_shared_memory(dtype, [BLOCK_H, D_ROPE], rope_sl)
+        kr_s = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D_ROPE], rope_sl)
+    else:  # never read; one 8-row slice keeps the partitions' signatures
+        qr_s = gl.allocate_shared_memory(dtype, [8, 64], rope_sl)
+        kr_s = gl.allocate_shared_memory(dtype, [1, 8, 64], rope_sl)
+    p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
+    p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
+    a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
+                                    gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    # every gathering thread arrives (cp.async.mbarrier.arrive.noinc) once its copies land
+    mbarrier.init(q_ready, count=32 * LOAD_WARPS)
+    mbarrier.init(q_free, count=1)
+    mbarrier.init(p_ready, count=1)
+    mbarrier.init(p_free, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=32 * LOAD_WARPS)
+        mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
+    fence_async_shared()
+
+    gl.warp_specialize([
+        (_softmax_partition, (q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+                              p_ready, p_free, indices_ptr, topk_length_ptr, sink_ptr, out_ptr,
+                              max_logits_ptr, lse_ptr, scale_log2, s_kv, h_q, topk, n_hb,
+                              n_items, stride_it, stride_tl, stride_sink, stride_ot, stride_oh,
+                              stride_mt, stride_mh, stride_lt, stride_lh, D_HALF, D_ROPE,
+                              BLOCK_H, BLOCK_N, STAGES, HAS_TOPK_LEN, HAS_SINK)),
+        (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_length_ptr,
+                         out_ptr, h_q, topk, n_hb, n_items, stride_tl, stride_ot, stride_oh,
+                         D_HALF, BLOCK_H, BLOCK_N, STAGES, HAS_TOPK_LEN)),
+        (_load_partition, (q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free, q_ptr,
+                           kv_ptr, indices_ptr, topk_length_ptr, s_kv, h_q, topk, n_hb, n_items,
+                           stride_qt, stride_qh, stride_kvs, stride_it, stride_tl, D_HALF,
+                           D_ROPE, BLOCK_H, BLOCK_N, STAGES, HAS_TOPK_LEN, LOAD_WARPS,
+                           EVICT_LAST)),
+    ], [4, LOAD_WARPS], [PV_REGS, LOAD_REGS])

@@ -1,0 +1,96 @@
+"""Launch the Hopper sparse-prefill kernel (``gluon_kernel.py``): one
+``openmla::sparse_prefill_gluon`` op (allocate → persistent grid → kernel). No host
+synchronisation."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...device import device_info
+
+LOG2E = 1.0 / math.log(2.0)
+D_V = 512
+BLOCK_H = 64  # query heads per work item: one wgmma M tile (h_q not a multiple: masked rows)
+BLOCK_N = 64  # index slots per key tile
+STAGES = 2  # key-tile ring: Q (72 KiB) + 2 x K (72 KiB) + P (8 KiB) fill 227 KiB at d_qk 576
+LOAD_WARPS = 4  # gathering warps: 16 rows of each 64-row tile per warp
+# setmaxnreg of the PV warpgroup and of the gather warps (the softmax warpgroup keeps 256):
+# 128 x (256 + 160 + 96) = 64K registers; ptxas reports no spill at these (96 gather registers
+# hold the tile's 16 row addresses per thread; 80 spilled)
+PV_REGS = 160
+LOAD_REGS = 96
+ALIGN = 16  # cp.async copies 16-byte pieces: bases and row strides must be 16-byte aligned
+
+
+def gluon_ok(q: torch.Tensor, kv: torch.Tensor) -> bool:
+    """Whether the Gluon kernel can address these tensors (else the portable kernel runs):
+    16-byte aligned bases and row strides, at least one KV row (an empty ``kv`` may have no
+    address at all)."""
+    esize = q.element_size()
+    return (q.dtype == torch.bfloat16 and kv.dtype == torch.bfloat16 and kv.shape[0] > 0
+            and q.data_ptr() % ALIGN == 0 and kv.data_ptr() % ALIGN == 0
+            and (q.stride(0) * esize) % ALIGN == 0 and (q.stride(1) * esize) % ALIGN == 0
+            and (kv.stride(0) * esize) % ALIGN == 0)
+
+
+def sparse_prefill_gluon(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor,
+                         sm_scale: float, d_v: int = D_V,
+                         attn_sink: torch.Tensor | None = None,
+                         topk_length: torch.Tensor | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backend entry (arguments already validated by ``flash_mla_sparse_fwd``)."""
+    from .gluon_library import ops  # registers the op on first use
+
+    return ops.sparse_prefill_gluon(q, kv, indices, attn_sink, topk_length, sm_scale, d_v,
+                                    STAGES, LOAD_WARPS, 0, False)
+
+
+def sparse_prefill_gluon_kernel(q, kv, indices, attn_sink, topk_length, sm_scale, d_v, stages,
+                                load_warps, grid_ctas, evict_last):
+    """One kernel launch (the body of the ``openmla::sparse_prefill_gluon`` op).
+
+    ``grid_ctas``: CTAs of the persistent grid, 0 for one per SM (a CTA fills an SM's shared
+    memory); a negative value launches one CTA per work item (no persistence)."""
+    from .gluon_kernel import _sparse_prefill_gluon_kernel
+
+    s_q, h_q, d_qk = q.shape
+    s_kv = kv.shape[0]
+    topk = indices.shape[-1]
+    if d_v != D_V:
+        raise ValueError(f"d_v: expected {D_V}, got {d_v}")
+    out = torch.empty(s_q, h_q, d_v, dtype=q.dtype, device=q.device)
+    max_logits = torch.empty(s_q, h_q, dtype=torch.float32, device=q.device)
+    lse = torch.empty(s_q, h_q, dtype=torch.float32, device=q.device)
+    if s_q == 0:
+        return out, max_logits, lse
+    n_hb = -(-h_q // BLOCK_H)
+    n_items = s_q * n_hb
+    if grid_ctas == 0:
+        grid_ctas = device_info(q.device).num_sms
+    elif grid_ctas < 0:
+        grid_ctas = n_items
+    grid = (max(min(grid_ctas, n_items), 1),)
+    if load_warps == 4:
+        pv_regs, load_regs = PV_REGS, LOAD_REGS
+    else:  # variants for a sweep: 128 x (256 + pv) + 32 x load_warps x load <= 64K
+        pv_regs = PV_REGS
+        load_regs = min((65536 - 128 * (256 + pv_regs)) // (32 * load_warps) // 8 * 8, 256)
+    sink = attn_sink if attn_sink is not None else lse  # placeholder pointers, never read
+    lengths = topk_length if topk_length is not None else indices
+    _sparse_prefill_gluon_kernel[grid](
+        q, kv, indices, lengths, sink,
+        out, max_logits, lse,
+        sm_scale * LOG2E,
+        s_kv, h_q, topk, n_hb, n_items,
+        q.stride(0), q.stride(1),
+        kv.stride(0),
+        indices.stride(0),
+        lengths.stride(0), sink.stride(0),
+        out.stride(0), out.stride(1),
+        max_logits.stride(0), max_logits.stride(1), lse.stride(0), lse.stride(1),
+        D_HALF=D_V // 2, D_ROPE=d_qk - D_V, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, STAGES=stages,
+        HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
+        PV_REGS=pv_regs, LOAD_REGS=load_regs, LOAD_WARPS=load_warps,
+        EVICT_LAST=bool(evict_last), num_warps=4)
+    return out, max_logits, lse
