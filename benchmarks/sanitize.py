@@ -85,10 +85,15 @@ CASES = {
         ("triton V3.2", lambda: _sparse_decode("triton", 2, 2, 64, 300, 128, 576, 64, False)),
         ("triton MODEL1 + extra", lambda: _sparse_decode("triton", 2, 1, 64, 300, 64, 512, 64,
                                                          True)),
+        ("gluon V3.2", lambda: _sparse_decode("gluon", 2, 2, 64, 300, 128, 576, 64, False)),
+        ("gluon V3.2 16 heads", lambda: _sparse_decode("gluon", 3, 1, 16, 300, 100, 576, 61,
+                                                       False)),
     ],
     "sparse_prefill": [
         ("triton d576", lambda: _sparse_prefill("triton", 5, 300, 64, 128, 576)),
         ("triton d512 16 heads", lambda: _sparse_prefill("triton", 5, 300, 16, 96, 512)),
+        ("gluon d576", lambda: _sparse_prefill("gluon", 5, 300, 128, 128, 576)),
+        ("gluon d512 16 heads", lambda: _sparse_prefill("gluon", 5, 300, 16, 96, 512)),
     ],
     "mha_prefill": [
         ("triton 192/128 GQA causal", lambda: _mha("triton", 70, 90, 4, 2, 192, 128, True)),

@@ -248,9 +248,15 @@ def test_library_op_passes_opcheck():
 # ---- CUDA ---------------------------------------------------------------------------------------
 
 @pytest.mark.gpu
-def test_cuda_uses_triton_without_upcast():
+def test_cuda_backend_choice():
+    """On CUDA the kernels run without the interpreter's upcasts: the Gluon kernel on Hopper
+    (V3.2 / any d_qk it takes), the portable one elsewhere."""
+    from openmla.device import gluon_available
+
     assert not interpreting()
-    assert select("sparse_decode", device_info("cuda"), {"d_qk": 576}).name == "triton"
+    info = device_info("cuda")
+    hopper = info.is_hopper and gluon_available()
+    assert select("sparse_decode", info, {"d_qk": 576}).name == ("gluon" if hopper else "triton")
     assert select("sparse_decode", device_info("cuda"), {"d_qk": 512}).name == "triton"
 
 
@@ -324,16 +330,20 @@ def gluon_backend(monkeypatch):
     monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_DECODE", "gluon")
 
 
-def test_gluon_backend_only_when_forced(monkeypatch):
-    """Not yet validated on a GPU: the Gluon backend is never chosen unless forced, and where it
-    is forced on a device that cannot run it the dispatcher says so."""
+def test_gluon_backend_gating(monkeypatch):
+    """The Gluon backend runs by default on Hopper for the V3.2 layout without an extra cache;
+    never off Hopper, on a CPU, or for MODEL1 / an extra cache (the portable kernel's)."""
+    from openmla.device import gluon_available
     from openmla.ops.sparse_decode import gluon_supports
 
     h100 = DeviceInfo("cuda", 90, 132, "H100")
     monkeypatch.delenv("OPENMLA_BACKEND_SPARSE_DECODE", raising=False)
     monkeypatch.delenv("OPENMLA_BACKEND", raising=False)
-    assert not gluon_supports(h100, {"d_qk": 576})
-    monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_DECODE", "gluon")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert gluon_supports(h100, {"d_qk": 576, "has_extra": False}) == gluon_available()
+    assert not gluon_supports(h100, {"d_qk": 512, "has_extra": False})
+    assert not gluon_supports(h100, {"d_qk": 576, "has_extra": True})
+    assert select("sparse_decode", h100, {"d_qk": 512}).name == "triton"
     assert not gluon_supports(DeviceInfo("cuda", 80, 108, "A100"), {"d_qk": 576})
     assert not gluon_supports(DeviceInfo("cpu", 0, 0), {"d_qk": 576})
 

@@ -176,9 +176,15 @@ def _check_vs_ref(case, out, max_logits, lse):
 
 
 @pytest.mark.gpu
-def test_cuda_uses_triton_without_upcast():
+def test_cuda_backend_choice():
+    """On CUDA the kernels run without the interpreter's upcasts: the Gluon kernel on Hopper
+    (V3.2 / any d_qk it takes), the portable one elsewhere."""
+    from openmla.device import gluon_available
+
     assert not interpreting()
-    assert select("sparse_prefill", device_info("cuda"), {"d_qk": 576}).name == "triton"
+    info = device_info("cuda")
+    hopper = info.is_hopper and gluon_available()
+    assert select("sparse_prefill", info, {"d_qk": 576}).name == ("gluon" if hopper else "triton")
 
 
 @pytest.mark.gpu
@@ -253,9 +259,9 @@ def gluon_backend(monkeypatch):
     monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_PREFILL", "gluon")
 
 
-def test_gluon_is_selected_only_when_forced(monkeypatch):
-    """Not yet validated on a GPU: the predicate refuses unless the environment forces it, and
-    never off Hopper or under the interpreter."""
+def test_gluon_backend_gating(monkeypatch):
+    """The predicate takes Hopper with Gluon available (both d_qk), never another device, another
+    d_qk, or the interpreter."""
     from openmla.device import gluon_available
     from openmla.ops.sparse_prefill import gluon_supports
 
@@ -263,9 +269,9 @@ def test_gluon_is_selected_only_when_forced(monkeypatch):
     monkeypatch.delenv("OPENMLA_BACKEND_SPARSE_PREFILL", raising=False)
     monkeypatch.delenv("OPENMLA_BACKEND", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert not gluon_supports(h100, {"d_qk": 576})
-    assert select("sparse_prefill", h100, {"d_qk": 576}).name == "triton"
-    monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_PREFILL", "gluon")
+    assert gluon_supports(h100, {"d_qk": 576}) == gluon_available()
+    assert select("sparse_prefill", h100, {"d_qk": 576}).name == (
+        "gluon" if gluon_available() else "triton")
     assert not gluon_supports(a100, {"d_qk": 576})
     assert not gluon_supports(h100, {"d_qk": 192})
     assert gluon_supports(h100, {"d_qk": 512}) == gluon_available()

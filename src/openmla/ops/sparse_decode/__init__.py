@@ -2,7 +2,7 @@
 import torch
 
 from ...device import gluon_available, interpreting, triton_available
-from ...dispatch import forced_backend, register
+from ...dispatch import register
 from . import gluon_library  # noqa: F401  (registers openmla::sparse_decode_gluon)
 from .ref import sparse_decode_ref
 
@@ -41,14 +41,14 @@ def run_gluon(q, k_cache, indices, sm_scale, head_dim_v, attn_sink=None, topk_le
 
 
 def gluon_supports(info, problem) -> bool:
-    """Hopper, not interpreting, Gluon of the targeted Triton — and, until the kernel is
-    validated on a GPU, only when forced (``OPENMLA_BACKEND_SPARSE_DECODE=gluon``). The kernel
-    takes the V3.2 layout (d_qk 576) without an extra cache, any h_q (tiles of 64 heads, fewer
-    padded); ``run_gluon`` hands the other calls to the portable kernel, so forcing never fails
-    on a supported device."""
-    if forced_backend("sparse_decode") != "gluon":
+    """Hopper, not interpreting, Gluon of the targeted Triton; the V3.2 layout (d_qk 576)
+    without an extra cache, any h_q (tiles of 64 heads, fewer padded). Other calls take the
+    portable kernel (and ``run_gluon`` hands them there too when the backend is forced)."""
+    if not (info.is_hopper and not interpreting() and gluon_available()):
         return False
-    return info.is_hopper and not interpreting() and gluon_available()
+    if not problem:  # `openmla info`: the device alone
+        return True
+    return problem.get("d_qk", 576) == 576 and not problem.get("has_extra", False)
 
 
 def triton_supports(info, problem) -> bool:

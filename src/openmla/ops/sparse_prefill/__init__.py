@@ -2,7 +2,7 @@
 import torch
 
 from ...device import gluon_available, interpreting, triton_available
-from ...dispatch import forced_backend, register
+from ...dispatch import register
 from . import gluon_library  # noqa: F401  (registers openmla::sparse_prefill_gluon)
 from .ref import sparse_prefill_ref
 
@@ -33,12 +33,7 @@ def run_gluon(q, kv, indices, sm_scale, d_v, attn_sink=None, topk_length=None):
 
 def gluon_supports(info, problem) -> bool:
     """Hopper, Gluon of the supported Triton, d_qk 512 or 576, any h_q (64-head work items; a
-    last partial block masks its rows).
-
-    Not yet validated on a GPU: selected only when OPENMLA_BACKEND_SPARSE_PREFILL=gluon forces
-    it (the portable kernel runs otherwise)."""
-    if forced_backend("sparse_prefill") != "gluon":
-        return False
+    last partial block masks its rows)."""
     if not (info.is_hopper and not interpreting() and gluon_available()):
         return False
     return problem.get("d_qk", 576) in D_QK_KERNEL
