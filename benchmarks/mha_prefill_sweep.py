@@ -22,16 +22,15 @@ import torch.nn.functional as F
 
 from openmla import _library
 from openmla.device import device_info
-from openmla.ops.mha_prefill.config import DQ_ATOMIC, DQ_FUSED, DQ_TMA, pick_config
+from openmla.ops.mha_prefill.config import DQ_FUSED, DQ_TMA, pick_config
 from openmla.testing.bench import measure_ceilings, time_fn
 from openmla.testing.flops import mha_flops
 
 FUSED_TMA = (DQ_FUSED, DQ_TMA)
-FUSED_ATOMIC = (DQ_FUSED, DQ_ATOMIC)
 # (label, fwd configs, bwd configs) per shape; the 128-head shape keeps to a few
 FWD_MAIN = [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 1), (128, 128, 8, 2),
             (64, 64, 4, 3), (64, 128, 4, 2)]
-BWD_MAIN = [(*FUSED_TMA, 32, 128, 8, 2, 1), (*FUSED_ATOMIC, 32, 128, 8, 2, 1),
+BWD_MAIN = [(*FUSED_TMA, 32, 128, 8, 2, 1),
             (*FUSED_TMA, 64, 128, 8, 2, 1), (*FUSED_TMA, 32, 128, 8, 2, 2),
             (*FUSED_TMA, 32, 64, 4, 2, 1),
             (64, 64, 32, 128, 8, 2, 1), (128, 64, 32, 128, 8, 2, 1),
@@ -42,8 +41,7 @@ SHAPES = [
     (128, 192, 128, True, [(128, 64, 8, 3), (128, 128, 8, 1)],
      [(*FUSED_TMA, 32, 128, 8, 2, 1), (64, 64, 32, 128, 8, 2, 1)]),
     (16, 128, 128, True, [(128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3)],
-     [(*FUSED_TMA, 32, 128, 8, 2, 1), (*FUSED_TMA, 64, 128, 8, 2, 1),
-      (*FUSED_TMA, 32, 128, 8, 2, 2), (64, 64, 32, 128, 8, 2, 1)]),
+     [(64, 64, 32, 128, 8, 2, 1), (128, 64, 32, 128, 8, 2, 1), (64, 64, 32, 64, 8, 2, 1)]),
     (16, 192, 128, False, [(128, 64, 8, 3), (128, 128, 8, 1), (128, 64, 8, 2)],
      [(*FUSED_TMA, 32, 128, 8, 2, 1), (64, 64, 32, 128, 8, 2, 1)]),
 ]

@@ -88,7 +88,9 @@ def test_head_dim_tiles_and_config_are_pure_functions():
         cfg = pick_config(d, dv, H100)
         assert (cfg.block_m, cfg.block_n, cfg.num_warps) == (128, 64, 8)
         assert (cfg.dkdv_block_m, cfg.dkdv_block_n, cfg.dkdv_num_stages) == (32, 128, 1)
-        assert (cfg.dq_block_m, cfg.dq_block_n) == (DQ_FUSED, DQ_TMA)
+    assert (pick_config(192, 128, H100).dq_block_m, pick_config(192, 128, H100).dq_block_n) == (
+        DQ_FUSED, DQ_TMA)
+    assert pick_config(128, 128, H100).dq_block_m == 64  # the separate dQ kernel at d 128
     cpu = pick_config(192, 128, DeviceInfo("cpu", 0, 0))
     assert cpu.block_m == cpu.block_n == cpu.dkdv_block_n == 16
     assert (cpu.dq_block_m, cpu.dq_block_n) == (DQ_FUSED, DQ_ATOMIC)

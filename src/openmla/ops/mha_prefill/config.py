@@ -78,8 +78,10 @@ def pick_config(d_qk: int, d_v: int, info: DeviceInfo) -> MhaPrefillConfig:
     # registers; dK/dV without dQ: 24 spill bytes) is the fallback the sweep compares.
     if widest <= 128:
         # forward 128 x 64 tiles, 8 warps (the [128, 128] fp32 accumulator is 64 registers a
-        # thread), 3 stages: 188 registers, no spills, 128 KiB smem
-        return MhaPrefillConfig(128, 64, 8, 3, DQ_FUSED, DQ_TMA, 32, 128, 8, 2, 1)
+        # thread), 3 stages: 188 registers, no spills, 128 KiB smem. Backward: the separate dQ
+        # kernel — dQ fused into the dK/dV kernel read shared memory out of bounds at d_qk 128
+        # under compute-sanitizer on an H100 (a single 128-wide head tile, pointer atomics)
+        return MhaPrefillConfig(128, 64, 8, 3, 64, 64, 32, 128, 8, 2, 1)
     # d_qk 192 (128 + 64 tiles) and anything up to 256: forward 128 x 64, 3 stages (one K
     # stage is 64 x 192 x 2 B = 24 KiB plus 16 KiB of V): 196 registers, no spills, 168 KiB
     return MhaPrefillConfig(128, 64, 8, 3, DQ_FUSED, DQ_TMA, 32, 128, 8, 2, 1)
