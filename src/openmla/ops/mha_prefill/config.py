@@ -1,9 +1,8 @@
 """Launch configuration of the dense MHA prefill kernels (forward, dQ, dK/dV): a frozen
 dataclass chosen by a pure heuristic of the head dims and the device, testable without a GPU.
 
-UNTUNED: checked only for registers / spills with an offline sm_90 compile; they have not run
-on a GPU yet. benchmarks/mha_prefill_sweep.py times the alternatives on an H100; each branch
-will carry its measured number once it has run.
+The Hopper branches carry the figures benchmarks/mha_prefill_sweep.py measured on an H100; the
+d <= 64 branch is untuned.
 """
 from __future__ import annotations
 
@@ -67,21 +66,13 @@ def pick_config(d_qk: int, d_v: int, info: DeviceInfo) -> MhaPrefillConfig:
     widest = max(d_qk, d_v)
     if widest <= 64:
         # untuned: FA2's Triton tutorial forward for d 64 (BLOCK_M 128, BLOCK_N 64, 4 warps)
-        return MhaPrefillConfig(128, 64, 4, 3, DQ_FUSED, DQ_TMA, 32, 64, 4, 2, 1)
-    # Backward (offline sm_90 compile, ptxas, causal, bf16; not timed yet): dK/dV with 128
-    # keys per program and 8 warps, so every MMA of the step has M = 128 split over the two
-    # warpgroups (64 keys with 8 warps made both warpgroups compute the same Sᵀ and dPᵀ); 32
-    # query rows per step and 1 stage: the fp32 dK [128, d_qk] and dV [128, d_v] accumulators
-    # take 160 of the 255 registers at (192, 128). dQ fused into it by TMA reduce-adds of
-    # dQᵀ = Kᵀ·dSᵀ (the head dim as M): 255 registers, 132 spill bytes at d 192, 76 at d 128;
-    # 2 stages or 64 rows spill 480-620. The split path (DQ kernel 64 x 64, 2 stages: 181
-    # registers; dK/dV without dQ: 24 spill bytes) is the fallback the sweep compares.
+        return MhaPrefillConfig(128, 64, 4, 3, 64, 64, 32, 64, 4, 2, 1)
+    # Measured on an H100 (2026-11-22, benchmarks/mha_prefill_sweep.py, 4 x 4096 causal, 16
+    # heads): forward 128 x 64 / 8 warps / 3 stages 850 us at (192, 128) (0.51 of matmul; 2
+    # stages 1023, 128 x 128 894-1131, 64-row tiles 1174+), 128 x 128 / 3 stages 655 us at
+    # (128, 128). Backward: the dQ kernel with 128-row tiles + the dK/dV kernel (32 query rows
+    # a step, 128 keys, 8 warps) 3531 us at (192, 128), 2888 at (128, 128); dQ fused into the
+    # dK/dV kernel by TMA reduce-adds 3683 (2 stages) / 4768 (1 stage); 64-row dQ tiles 4653.
     if widest <= 128:
-        # forward 128 x 64 tiles, 8 warps (the [128, 128] fp32 accumulator is 64 registers a
-        # thread), 3 stages: 188 registers, no spills, 128 KiB smem. Backward: the separate dQ
-        # kernel — dQ fused into the dK/dV kernel read shared memory out of bounds at d_qk 128
-        # under compute-sanitizer on an H100 (a single 128-wide head tile, pointer atomics)
-        return MhaPrefillConfig(128, 64, 8, 3, 64, 64, 32, 128, 8, 2, 1)
-    # d_qk 192 (128 + 64 tiles) and anything up to 256: forward 128 x 64, 3 stages (one K
-    # stage is 64 x 192 x 2 B = 24 KiB plus 16 KiB of V): 196 registers, no spills, 168 KiB
-    return MhaPrefillConfig(128, 64, 8, 3, DQ_FUSED, DQ_TMA, 32, 128, 8, 2, 1)
+        return MhaPrefillConfig(128, 128, 8, 3, 128, 64, 32, 128, 8, 2, 1)
+    return MhaPrefillConfig(128, 64, 8, 3, 128, 64, 32, 128, 8, 2, 1)

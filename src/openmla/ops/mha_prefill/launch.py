@@ -91,16 +91,24 @@ def mha_prefill_fwd_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, c
     return out, lse
 
 
+DQ_FALLBACK = (128, 64, 2)  # dQ kernel tiles and stages when a fused request cannot fuse
+
+
 def _dq_mode(q, dq_block_m, dq_block_n):
     """How dQ is produced (see config.MhaPrefillConfig): 0 its own kernel; 1 pointer atomics
     into an fp32 accumulator from the dK/dV kernel; 2 TMA reduce-adds (Hopper+, exact tiles)."""
     if dq_block_m > 0:
         return 0
     block_da, block_db = head_dim_split(q.shape[-1])
-    tma = (dq_block_n == DQ_TMA and not interpreting() and q.device.type == "cuda"
+    on_gpu = not interpreting() and q.device.type == "cuda"
+    tma = (dq_block_n == DQ_TMA and on_gpu
            and torch.cuda.get_device_capability(q.device)[0] >= 9
            and block_da + block_db == q.shape[-1] and q.shape[0] > 0)
-    return 2 if tma else 1
+    if tma:
+        return 2
+    # pointer atomics read shared memory out of bounds on an H100 (compute-sanitizer, Triton
+    # 3.6): on GPUs a fused request without TMA takes the dQ kernel instead
+    return 0 if on_gpu else 1
 
 
 def mha_prefill_bwd_kernel(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
@@ -119,6 +127,8 @@ def mha_prefill_bwd_kernel(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, 
     if out.stride(-1) != 1:
         out = out.contiguous()
     mode = _dq_mode(q, dq_block_m, dq_block_n)
+    if mode == 0 and dq_block_m == 0:  # a fused request handed to the dQ kernel
+        dq_block_m, dq_block_n, dq_num_stages = DQ_FALLBACK
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     n_seqs = cu_seqlens_q.shape[0] - 1
