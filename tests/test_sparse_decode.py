@@ -467,9 +467,13 @@ def test_gluon_bitwise_deterministic_gpu(gluon_backend):
 
 
 @pytest.mark.gpu
-def test_gluon_forced_falls_back_for_model1_and_extra_gpu(gluon_backend):
+def test_model1_and_extra_run_the_portable_kernel_gpu(monkeypatch):
     """Calls the Gluon kernel does not take (MODEL1 layout, extra cache) run the portable kernel
-    when the Gluon backend is forced."""
+    by default and match the reference; forcing the Gluon backend on them is refused with an
+    error that names the backend and the call."""
+    from openmla.dispatch import UnsupportedError
+
+    monkeypatch.delenv("OPENMLA_BACKEND_SPARSE_DECODE", raising=False)
     for d_qk, extra in ((512, None), (576, (64, 128, 2))):
         case = _case(d_qk, 3, 1, 16, 300, 128, 61, extra, seed=4, device="cuda")
         out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
@@ -478,3 +482,8 @@ def test_gluon_forced_falls_back_for_model1_and_extra_gpu(gluon_backend):
         tol = TOLERANCES["sparse_decode"]
         assert_close("out", out, r_out.to(BF16), tol["out"])
         assert_close("lse", lse, r_lse, tol["lse"])
+        monkeypatch.setenv("OPENMLA_BACKEND_SPARSE_DECODE", "gluon")
+        with pytest.raises(UnsupportedError, match="gluon"):
+            openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                           tile_scheduler_metadata=_meta())
+        monkeypatch.delenv("OPENMLA_BACKEND_SPARSE_DECODE")

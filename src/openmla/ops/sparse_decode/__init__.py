@@ -43,7 +43,7 @@ def run_gluon(q, k_cache, indices, sm_scale, head_dim_v, attn_sink=None, topk_le
 def gluon_supports(info, problem) -> bool:
     """Hopper, not interpreting, Gluon of the targeted Triton; the V3.2 layout (d_qk 576)
     without an extra cache, any h_q (tiles of 64 heads, fewer padded). Other calls take the
-    portable kernel (and ``run_gluon`` hands them there too when the backend is forced)."""
+    portable kernel (forcing the Gluon backend on them is refused by the dispatcher)."""
     if not (info.is_hopper and not interpreting() and gluon_available()):
         return False
     if not problem:  # `openmla info`: the device alone
