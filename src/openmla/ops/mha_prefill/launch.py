@@ -103,11 +103,12 @@ def _dq_mode(q, dq_block_m, dq_block_n):
     on_gpu = not interpreting() and q.device.type == "cuda"
     tma = (dq_block_n == DQ_TMA and on_gpu
            and torch.cuda.get_device_capability(q.device)[0] >= 9
-           and block_da + block_db == q.shape[-1] and q.shape[0] > 0)
+           and block_db > 0 and block_da + block_db == q.shape[-1] and q.shape[0] > 0)
     if tma:
         return 2
-    # pointer atomics read shared memory out of bounds on an H100 (compute-sanitizer, Triton
-    # 3.6): on GPUs a fused request without TMA takes the dQ kernel instead
+    # On an H100 (Triton 3.6) the fused dK/dV kernel read shared memory out of bounds with
+    # pointer atomics (compute-sanitizer), and with one head-dim tile (d_qk 128) in either mode:
+    # on GPUs those requests take the dQ kernel instead; only the two-tile TMA path fuses
     return 0 if on_gpu else 1
 
 
