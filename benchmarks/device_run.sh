@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: environment, GPU test tier, `openmla check`, `openmla bench`.
-# Usage (repository root, on the device): bash benchmarks/device_run.sh [pytest -k expression]
+# GPU-machine stages, each sized to fit one 10-minute device call (repository root on the device):
+#   bash benchmarks/device_run.sh tier [pytest -k expression]   # GPU test tier (~6 min on an H100)
+#   bash benchmarks/device_run.sh sanitize                      # compute-sanitizer over every kernel
+#   bash benchmarks/device_run.sh bench                         # `openmla bench` (+ CSV) and graph times
 # Logs go to $OUT (or ./device-out when OUT is unset).
 set -uo pipefail
 out="${OUT:-device-out}"
 mkdir -p "$out"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv \
-  | tee "$out/nvidia-smi.txt"
-python3 -c "import torch, triton, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'numpy', numpy.__version__)"
-python3 -m openmla info 2>&1 | tee "$out/info.txt"
-python3 -m pytest -q -x -m gpu tests ${1:+-k "$1"} 2>&1 | tee "$out/pytest-gpu.txt" | tail -5
-python3 -m openmla check 2>&1 | tee "$out/check.txt" | tail -30
-python3 -m openmla bench --csv "$out/bench.csv" 2>&1 | tee "$out/bench.txt" | tail -40
+stage="${1:-tier}"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv,noheader
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+case "$stage" in
+  tier)
+    python3 -m pytest -q -m gpu tests -p no:cacheprovider ${2:+-k "$2"} 2>&1 \
+      | tee "$out/pytest-gpu.txt" | grep -v '^\.*\s*\[' | tail -15 ;;
+  sanitize)
+    compute-sanitizer --tool memcheck --print-limit 5 python3 benchmarks/sanitize.py 2>&1 \
+      | tee "$out/sanitize.txt" | grep -v '^=========     ' | tail -30 ;;
+  bench)
+    python3 -m openmla bench --csv "$out/bench.csv" 2>&1 | tee "$out/bench.txt" | tail -32
+    python3 benchmarks/graph_times.py 2>&1 | tee "$out/graph.txt" | tail -12 ;;
+  *) echo "unknown stage $stage (tier | sanitize | bench)"; exit 2 ;;
+esac

@@ -24,6 +24,14 @@ DENSE_DECODE_GPU = [
     for (pbs, causal, varlen, zero) in ((64, True, True, True), (16, False, False, False))
 ]
 DENSE_DECODE_PROD = [(128, 2, 128, 1, 8192, 64, True, True, False)]
+# the ends of FlashMLA's s_k range (SPEC §4.2: 1 to 16k) and its b = 128, both page sizes and
+# both kernels' row tilings (16 heads: one padded tile; 128: two tiles)
+DENSE_DECODE_RANGE = [
+    (b, s_q, h_q, 1, s_k, pbs, causal, varlen, zero)
+    for (b, s_k) in ((128, 1), (128, 16384), (1, 16384))
+    for (s_q, h_q) in ((1, 16), (4, 128))
+    for (pbs, causal, varlen, zero) in ((64, True, True, True), (16, False, False, False))
+]
 
 # sparse decode: (d_qk, b, s_q, h_q, s_k, topk, pbs, extra (topk, s_k, pbs) or None,
 #                 topk_length, extra_topk_length, all_invalid, zero_seqlens)

@@ -14,7 +14,8 @@ from openmla.testing import generate as gen
 from openmla.testing import naive
 from openmla.testing.compare import TOLERANCES, assert_close
 
-from shapes import (DENSE_DECODE_CPU, DENSE_DECODE_GPU, DENSE_DECODE_PROD, MHA_GPU,
+from shapes import (DENSE_DECODE_CPU, DENSE_DECODE_GPU, DENSE_DECODE_PROD, DENSE_DECODE_RANGE,
+                    MHA_GPU,
                     SPARSE_DECODE_GPU, SPARSE_DECODE_PROD, SPARSE_PREFILL_GPU,
                     SPARSE_PREFILL_PROD)
 
@@ -62,7 +63,7 @@ def _check_decode(op, case, ref_fn):
     assert_close("lse", lse, r_lse, tol["lse"])
 
 
-@pytest.mark.parametrize("shape", DENSE_DECODE_GPU + DENSE_DECODE_PROD)
+@pytest.mark.parametrize("shape", DENSE_DECODE_GPU + DENSE_DECODE_PROD + DENSE_DECODE_RANGE)
 def test_dense_decode_gpu(shape):
     _check_decode("dense_decode", _dense_case(shape), dense_decode_ref)
 
