@@ -141,3 +141,20 @@ def test_rows_report_fraction_of_the_bounding_ceiling():
     assert mem.bound(ceil) == "memory" and mem.fraction_of_copy(ceil) == pytest.approx(1.0)
     table = B.format_table([row, mem], ceil)
     assert "of matmul" in table and "of copy" in table
+
+
+def test_graph_column_and_csv_metric(tmp_path):
+    """A row with a CUDA-graph timing shows it in the table and writes a graph_time metric."""
+    ceil = B.Ceilings(copy_gbps=1000.0, matmul_tflops=100.0, copy_bytes=1 << 20, matmul_n=8,
+                      matmul_dtype="bf16")
+    timing = B.Timing(2.0, 2.0, 2.0, 3)
+    graph = B.Timing(1.25, 1.5, 1.75, 30)
+    row = B.BenchRow("dense_decode", "x", "openmla", "gluon", timing, int(1e8), int(1e6),
+                     graph=graph)
+    plain = B.BenchRow("dense_decode", "y", "openmla", "gluon", timing, int(1e8), int(1e6))
+    table = B.format_table([row, plain], ceil)
+    assert "graph us" in table and "1.5" in table.splitlines()[2]
+    assert table.splitlines()[3].rstrip().endswith("-")
+    assert ("graph_time", "us", 1.25, 1.5, 1.75) in B._metric_rows(row, ceil)
+    assert all(m[0] != "graph_time" for m in B._metric_rows(plain, ceil))
+    assert B.graph_time_fn(lambda: None, device="cpu") is None

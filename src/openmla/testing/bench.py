@@ -66,6 +66,8 @@ CSV_COLUMNS = ("timestamp", "kernel", "x", "provider", "backend", "metric", "uni
                "p80", "gpu", "cuda", "torch", "triton", "version", "commit")
 PROVIDERS = ("openmla", "flash_mla", "torch_sdpa")
 OPS = ("dense_decode", "sparse_decode", "sparse_prefill", "mha_prefill")
+# ops also timed replayed from a CUDA graph (engines capture their decode step in one)
+GRAPH_OPS = ("dense_decode", "sparse_decode")
 FLASH_MLA_MHA_ARCH = 100  # FlashMLA's dense MHA kernels exist for SM100 (sm_100 family) only
 
 
@@ -166,6 +168,39 @@ def time_fn(fn: Callable[[], Any], *, device: torch.device | str | None = None,
         end.record()
     sync()
     return _timing([start.elapsed_time(end) * 1e3 for start, end in events])  # ms -> µs
+
+
+def graph_time_fn(fn: Callable[[], Any], *, device: torch.device | str, reps: int = 30,
+                  flush_l2: bool = True) -> Timing | None:
+    """Median / p20 / p80 microseconds of ``fn`` captured once in a CUDA graph and replayed
+    ``reps`` times (L2 flushed before each replay): the GPU time of the call without its host
+    work, which is what an engine that captures its decode step pays. None off CUDA."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        fn()
+        fn()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize(dev)
+    flusher = _L2Flusher(dev) if flush_l2 else None
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
+    for start, end in events:
+        if flusher is not None:
+            flusher()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize(dev)
+    del graph
+    return _timing([start.elapsed_time(end) * 1e3 for start, end in events])
 
 
 # --- ceilings -------------------------------------------------------------------------------
@@ -507,6 +542,7 @@ class BenchRow:
     flops: int
     bytes: int | None
     error: str = ""
+    graph: Timing | None = None  # decode ops on CUDA: the call replayed from a CUDA graph
 
     def tflops(self, t_us: float) -> float:
         return self.flops / (t_us / US_PER_S) / TFLOP
@@ -598,10 +634,17 @@ def run_case(case: BenchCase, device: torch.device, providers: Sequence[str], *,
                     _sync(device)
                 backend = seen[-1] if seen else _preferred_backend(case.op, device)
             timing = time_fn(call, device=device, budget_s=budget_s, max_runs=max_runs)
+            graph = None
+            if case.op in GRAPH_OPS and device.type == "cuda":
+                try:
+                    graph = graph_time_fn(call, device=device)
+                except Exception as exc:  # noqa: BLE001 - a provider that cannot be captured
+                    log(f"  {case.op} [{case.config}] {provider}: no CUDA-graph timing: {exc}")
             row = BenchRow(case.op, case.config, provider, backend, timing, work.flops,
-                           work.bytes)
+                           work.bytes, graph=graph)
             log(f"  {case.op:<15} {case.config:<70} {provider:<10} {backend:<10} "
-                f"{timing.p50:12.1f} us  {row.tflops(timing.p50):8.2f} TFLOPS")
+                f"{timing.p50:12.1f} us  {row.tflops(timing.p50):8.2f} TFLOPS"
+                + (f"  (graph {graph.p50:.1f} us)" if graph is not None else ""))
         except Exception as exc:  # noqa: BLE001
             row = BenchRow(case.op, case.config, provider, backend, None, work.flops,
                            work.bytes, f"{type(exc).__name__}: {exc}")
@@ -643,7 +686,7 @@ def format_table(rows: Sequence[BenchRow], ceilings: Ceilings) -> str:
     (copy for memory-bound rows, matmul for compute-bound rows)."""
     w = max([len(r.config) for r in rows] + [len("config")])
     header = (f"{'op':<15} {'config':<{w}} {'provider':<10} {'backend':<10} {'us':>10} "
-              f"{'TFLOPS':>8} {'GB/s':>8} {'fraction of ceiling':>24}")
+              f"{'TFLOPS':>8} {'GB/s':>8} {'fraction of ceiling':>24} {'graph us':>10}")
     lines = [header, "-" * len(header)]
     for r in rows:
         if r.timing is None:
@@ -657,7 +700,7 @@ def format_table(rows: Sequence[BenchRow], ceilings: Ceilings) -> str:
             frac = f"{_fmt(r.fraction_of_matmul(ceilings), '.2f')} of matmul"
         lines.append(f"{r.op:<15} {r.config:<{w}} {r.provider:<10} {r.backend:<10} "
                      f"{t:10.1f} {_fmt(r.tflops(t), '.2f'):>8} {_fmt(r.gbps(t), '.0f'):>8} "
-                     f"{frac:>24}")
+                     f"{frac:>24} {_fmt(r.graph.p50 if r.graph else None, '10.1f'):>10}")
     return "\n".join(lines)
 
 
@@ -677,6 +720,8 @@ def _metric_rows(r: BenchRow, ceilings: Ceilings) -> list[tuple[str, str, float,
     m = ceilings.matmul_tflops
     out.append(("fraction_of_matmul", "ratio", r.tflops(t.p80) / m, r.tflops(t.p50) / m,
                 r.tflops(t.p20) / m))
+    if r.graph is not None:
+        out.append(("graph_time", "us", r.graph.p20, r.graph.p50, r.graph.p80))
     return out  # type: ignore[return-value]
 
 
