@@ -10,6 +10,7 @@ import torch
 from ... import _library
 from ...device import device_info
 from ..combine.launch import decode_combine
+from ..dense_decode.launch import _nvmma_layout
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
 from .config import SCHED_N
 from .launch import _check_alignment, schedule_lengths, sparse_decode_triton
@@ -107,8 +108,8 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     q2 = q.contiguous().view(b * s_q * h_q, d_qk)  # rows: request, token, head
 
     def desc(t, block):
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16)
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
+                                _nvmma_layout(tuple(block), gl.bfloat16))
 
     grid = (-(-h_q // GLUON_BLOCK_H), s_q, num_parts)
     _sparse_decode_gluon_kernel[grid](
