@@ -305,3 +305,151 @@ def test_bitwise_deterministic_gpu(d, triton_backend):
         for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), run, runs[0]):
             if name != "dq":
                 assert torch.equal(a, b), name
+
+
+# --- Hopper Gluon forward (ops/mha_prefill/gluon_kernel.py; opt-in OPENMLA_MHA_GLUON_FORWARD=1) --
+SM90_SMEM_LIMIT = 232448  # bytes of shared memory a CTA may use on an H100 (227 KiB)
+
+# Compiled for sm_90 in a fresh interpreter without TRITON_INTERPRET (the test session may run
+# Triton in its interpreter); prints wgmma count, shared memory and ptxas registers / spills.
+GLUON_COMPILE = r"""
+import json, os, re, subprocess, sys, tempfile
+import triton
+from openmla.ops.mha_prefill.gluon_launch import compile_sm90
+d_qk, d_v, causal = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+k = compile_sm90(d_qk, d_v, causal)
+ptx = k.asm["ptx"]
+ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+    f.write(ptx)
+res = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
+                     capture_output=True, text=True)
+os.unlink(f.name)
+text = res.stderr + res.stdout
+spill = re.search(r"(\d+) bytes spill stores", text)
+regs = re.search(r"Used (\d+) registers", text)
+print(json.dumps({"wgmma": len(re.findall(r"wgmma\.mma_async", ptx)), "smem": k.metadata.shared,
+                  "spill": int(spill.group(1)) if spill else -1,
+                  "regs": int(regs.group(1)) if regs else -1,
+                  "setmaxnreg": sorted({int(x) for x in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+)", ptx)})}))
+"""
+
+
+@pytest.mark.parametrize("dims,causal", [((192, 128), True), ((192, 128), False),
+                                         ((128, 128), True)])
+def test_gluon_forward_compiles_for_sm90(dims, causal):
+    """The Gluon forward compiles for sm_90 without a GPU: wgmma, shared memory within the
+    H100 limit; spills are reported (ptxas) and must be zero."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    from openmla.device import GLUON_TRITON, gluon_available
+
+    if not gluon_available():
+        pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run([sys.executable, "-c", GLUON_COMPILE, str(dims[0]), str(dims[1]),
+                          "1" if causal else "0"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"gluon mha forward {dims} causal={causal}: {rep}")
+    assert rep["wgmma"] > 0, rep
+    assert 0 < rep["smem"] <= SM90_SMEM_LIMIT, rep
+    assert rep["spill"] == 0, rep
+
+
+def test_gluon_forward_op_fake_and_gating(monkeypatch):
+    """The op's fake gives the forward's shapes; off a Hopper GPU the opt-in falls back to the
+    Triton forward (same results as without the variable)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from openmla.ops.mha_prefill import gluon_launch
+
+    with FakeTensorMode():
+        q = torch.empty(37, 8, 192, dtype=BF16)
+        k = torch.empty(50, 2, 192, dtype=BF16)
+        v = torch.empty(50, 2, 128, dtype=BF16)
+        cu = torch.empty(3, dtype=torch.int32)
+        out, lse = _library.ops.mha_prefill_fwd_gluon(q, k, v, cu, cu, 0.1, True, 128, 2)
+        assert out.shape == (37, 8, 128) and out.dtype == BF16
+        assert lse.shape == (8, 37) and lse.dtype == torch.float32
+    if DEV == "cpu":
+        q, k, v, cu_q, cu_k, _ = _inputs((5, 9), (7, 9), 4, 2, 24, 16, BF16, seed=3)
+        assert not gluon_launch.gluon_forward_ok(q, k, v)
+        monkeypatch.setenv("OPENMLA_BACKEND_MHA_PREFILL", "triton")
+        want = openmla.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 9, 9, causal=True)
+        monkeypatch.setenv("OPENMLA_MHA_GLUON_FORWARD", "1")
+        got = openmla.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 9, 9, causal=True)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
+
+
+# (lens_q, lens_k, h_q, h_kv, causal)
+GLUON_CASES = [
+    *[((n,), (n,), 4, 4, c) for n in (1, 63, 113, 1023, 4097) for c in (True, False)],
+    ((0, 300, 1, 0, 777, 129), (5, 300, 0, 0, 900, 129), 8, 4, True),  # zero lengths, varlen
+    ((0, 300, 1, 0, 777, 129), (5, 300, 0, 0, 900, 129), 8, 4, False),
+    ((700, 33), (300, 20), 8, 1, True),  # s_k < s_q: lonely causal rows; GQA 8
+    ((300, 129), (1000, 500), 16, 2, True),  # s_k > s_q
+    ((1000,), (1000,), 16, 16, True),
+]
+
+
+def _gluon_case(lens_q, lens_k, h_q, h_kv, d, dv, seed):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(BF16).cuda()  # noqa: E731
+    q = mk(sum(lens_q), h_q, d)
+    k, v = mk(sum(lens_k), h_kv, d), mk(sum(lens_k), h_kv, dv)
+    return q, k, v, _cu(lens_q), _cu(lens_k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dims", [(192, 128), (128, 128)])
+@pytest.mark.parametrize("case", GLUON_CASES)
+def test_gluon_forward_vs_reference_gpu(case, dims, poisoned_outputs):
+    from openmla.ops.mha_prefill.gluon_launch import gluon_forward_ok, mha_prefill_fwd_gluon
+
+    lens_q, lens_k, h_q, h_kv, causal = case
+    q, k, v, cu_q, cu_k = _gluon_case(lens_q, lens_k, h_q, h_kv, *dims, seed=len(lens_q) + h_q)
+    if not gluon_forward_ok(q, k, v):
+        pytest.skip("needs a Hopper GPU and Triton's Gluon")
+    scale = dims[0] ** -0.5
+    out, lse = mha_prefill_fwd_gluon(q, k, v, cu_q, cu_k, scale, causal)
+    assert out.dtype == BF16 and out.shape == (q.shape[0], h_q, dims[1]) and out.is_contiguous()
+    assert lse.dtype == torch.float32 and lse.stride() == (1, q.shape[0])
+    r_out, r_lse = mha_prefill_fwd_ref(q, k, v, cu_q, cu_k, scale, causal)
+    assert_close("out", out, r_out.to(BF16), TOL["out"])
+    assert_close("lse", lse, r_lse, TOL["lse"])
+    lonely = torch.isinf(r_lse)
+    assert torch.equal(torch.isinf(lse), lonely) and (out[lonely] == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [128, 192])
+def test_gluon_forward_through_autograd_gpu(d, monkeypatch):
+    """OPENMLA_MHA_GLUON_FORWARD=1 through the public function: the Gluon forward's out / lse
+    feed the portable backward; gradients match those of the default path."""
+    from openmla.ops.mha_prefill.gluon_launch import gluon_forward_ok
+
+    case = gen.mha_inputs(2, 700, 1000, 16, h_kv=4, d=d, dv=128, causal=True, varlen=True,
+                          requires_grad=True, device="cuda", seed=5)
+    if not gluon_forward_ok(case["q"], case["k"], case["v"]):
+        pytest.skip("needs a Hopper GPU and Triton's Gluon")
+    monkeypatch.setenv("OPENMLA_BACKEND_MHA_PREFILL", "triton")
+    dout = case["extras"]["grad_out"]
+    base = openmla.flash_attn_varlen_func(**gen.public_kwargs(case))
+    g_base = torch.autograd.grad(base[0], (case["q"], case["k"], case["v"]), dout)
+    monkeypatch.setenv("OPENMLA_MHA_GLUON_FORWARD", "1")
+    got = openmla.flash_attn_varlen_func(**gen.public_kwargs(case))
+    assert got[1].stride() == base[1].stride()
+    assert_close("out", got[0], base[0], TOL["out"])
+    assert_close("lse", got[1], base[1], TOL["lse"])
+    g_got = torch.autograd.grad(got[0], (case["q"], case["k"], case["v"]), dout)
+    for name, a, b in zip(("dq", "dk", "dv"), g_got, g_base):
+        assert_close(name, a, b, TOL[name])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 
@@ -21,6 +22,9 @@ GLUON_STAGES = 2  # key-tile ring depth: Q (72 KiB) + 2 x K (72 KiB) + P fill 22
 GLUON_PV_REGS = 208  # registers a thread of the PV warpgroup keeps (its 64x256 fp32 accumulator: 128)
 GLUON_LOAD_WARPS = 1  # warps of the TMA-issuing partition (4 is the variant to compare)
 GLUON_LOAD_REGS = 24  # the TMA-issuing warp needs few; 128 x (256 + 208 + 24) fits the 64K register file
+# OPENMLA_DENSE_GLUON_VARIANT=seesaw: the softmax-overlapping schedule (gluon_seesaw_kernel.py),
+# not yet run on a GPU; unset (the default), the validated kernel of gluon_kernel.py
+GLUON_VARIANT_ENV = "OPENMLA_DENSE_GLUON_VARIANT"
 
 
 def _schedule(sched, cache_seqlens: torch.Tensor, num_parts: int):
@@ -190,6 +194,10 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
 
     from .gluon_kernel import _dense_decode_gluon_kernel
 
+    if os.environ.get(GLUON_VARIANT_ENV) == "seesaw":
+        return dense_decode_gluon_seesaw_kernels(q, k_cache, block_table, cache_seqlens, meta,
+                                                 num_splits, softmax_scale, causal, head_dim_v,
+                                                 stages, progress, load_warps)
     b, s_q, h_q, d = q.shape
     num_pages, page_size, _, _ = k_cache.shape
     rows = s_q * h_q
@@ -222,6 +230,54 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
         PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
         BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=GLUON_PV_REGS,
+        LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
+        TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4)
+    decode_combine(o_acc, lse_acc, num_splits, out, lse)
+    return out, lse
+
+
+def dense_decode_gluon_seesaw_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
+                                      softmax_scale, causal, head_dim_v, stages, progress=None,
+                                      load_warps=GLUON_LOAD_WARPS):
+    """As ``dense_decode_gluon_kernels`` with the kernel of ``gluon_seesaw_kernel.py`` (softmax
+    of a key tile overlapped with the previous tile's P·V); same arguments, schedule, outputs
+    and fallback. Reached through ``OPENMLA_DENSE_GLUON_VARIANT=seesaw`` or called directly."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .gluon_seesaw_kernel import _dense_decode_gluon_seesaw_kernel
+
+    b, s_q, h_q, d = q.shape
+    num_pages, page_size, _, _ = k_cache.shape
+    rows = s_q * h_q
+    num_parts = meta.shape[0]
+    half, d_rope = head_dim_v // 2, d - head_dim_v
+    q = q.contiguous()
+    if q.data_ptr() % TMA_ALIGN_BYTES or k_cache.data_ptr() % TMA_ALIGN_BYTES:
+        cfg = pick_config(rows, 1, device_info(q.device), page_size)
+        return dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
+                                    softmax_scale, causal, head_dim_v, cfg.block_h, cfg.block_n,
+                                    cfg.num_warps, cfg.num_stages, cfg.use_tma)
+    out, lse, o_acc, lse_acc = _outputs(q, head_dim_v, num_parts)
+    gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    q2 = q.view(b * rows, d)
+    k2 = k_cache.view(num_pages * page_size, d)
+
+    def desc(t, block):
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
+                                _nvmma_layout(tuple(block), gdt))
+
+    grid = (-(-rows // GLUON_BLOCK_H), 1, num_parts)
+    _dense_decode_gluon_seesaw_kernel[grid](
+        desc(q2, [GLUON_BLOCK_H, half]), desc(q2, [GLUON_BLOCK_H, d_rope]),
+        desc(k2, [GLUON_BLOCK_N, half]), desc(k2, [GLUON_BLOCK_N, d_rope]),
+        block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
+        softmax_scale * LOG2E, s_q, h_q,
+        block_table.stride(0),
+        *_output_strides(out, lse, o_acc, lse_acc),
+        PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
+        BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
+        CAUSAL=bool(causal) and s_q > 1, STAGES=max(stages, 2), PV_REGS=GLUON_PV_REGS,
         LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
         TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4)
     decode_combine(o_acc, lse_acc, num_splits, out, lse)

@@ -1,4 +1,6 @@
 """Dense MHA varlen prefill, forward and backward (SPEC §1.6, §2.5)."""
+import os
+
 import torch
 
 from ...device import interpreting, triton_available
@@ -22,7 +24,18 @@ def run_reference_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, 
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+GLUON_FORWARD_ENV = "OPENMLA_MHA_GLUON_FORWARD"  # "1": the Hopper Gluon forward (opt-in)
+
+
 def run_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
+    if os.environ.get(GLUON_FORWARD_ENV) == "1":
+        # opt-in Hopper forward (gluon_kernel.py); same out / lse layout, so the backward below
+        # (the portable kernels) takes its results unchanged
+        from .gluon_launch import gluon_forward_ok, mha_prefill_fwd_gluon
+
+        if softmax_scale > 0 and gluon_forward_ok(q, k, v):  # the kernel assumes scale > 0
+            return mha_prefill_fwd_gluon(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                                         causal)
     from .launch import mha_prefill_fwd_triton  # imports triton only when a kernel runs
 
     return mha_prefill_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)

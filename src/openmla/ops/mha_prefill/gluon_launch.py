@@ -1,0 +1,149 @@
+"""Launch the Hopper Gluon forward of dense MHA varlen prefill (``gluon_kernel.py``) as one
+``openmla::mha_prefill_fwd_gluon`` op. Opt-in: ``OPENMLA_MHA_GLUON_FORWARD=1`` routes the Triton
+backend's forward here (``__init__.run_triton``) when ``gluon_forward_ok`` holds; the backward
+stays on the portable kernels, which read the same out / lse layout.
+
+Like the portable launch: no host synchronisation, the grid is sized from the shapes alone, rows
+outside every sequence are not written.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ... import _library
+from ...device import gluon_available, interpreting
+from . import gluon_library  # noqa: F401 - registers openmla::mha_prefill_fwd_gluon
+
+LOG2E = 1.0 / math.log(2.0)
+BLOCK_M = 128  # query rows per CTA: two consumer warpgroups of 64 rows
+DIMS = {(192, 128): (128, 64), (128, 128): (128, 0)}  # (d_qk, d_v) -> Q·Kᵀ head-dim tiles
+# (block_n, stages) per (d_qk, d_v): smem = Q 128 x d_qk + stages x block_n x (d_qk + d_v), bf16;
+# (192, 128) with 128-key tiles and 2 stages is 208 KiB of the 227
+TILES = {(192, 128): (128, 2), (128, 128): (128, 2)}
+CONSUMER_REGS = 240  # the worker consumer warpgroup; the default one gets the same
+LOAD_REGS = 24  # the TMA warp; 128 x (240 + 240 + 24) fits the 64K register file
+TMA_ALIGN_BYTES = 16
+
+
+def gluon_forward_ok(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Gluon forward takes these tensors: a Hopper GPU, Triton's Gluon of the
+    targeted release, bf16 / fp16, head dims (192, 128) or (128, 128), query heads a multiple of
+    the KV heads. Layout is not required (the op copies what TMA cannot address)."""
+    if interpreting() or q.device.type != "cuda" or not gluon_available():
+        return False
+    if torch.cuda.get_device_capability(q.device)[0] != 9:
+        return False
+    return (q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype
+            and v.dtype == q.dtype and (q.shape[-1], v.shape[-1]) in DIMS
+            and k.shape[-1] == q.shape[-1] and q.shape[1] % k.shape[1] == 0)
+
+
+def mha_prefill_fwd_gluon(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
+    """Backend forward: ``out [total_q, h_q, d_v]`` in q's dtype and ``lse [total_q, h_q]``
+    float32 with strides ``(1, total_q)`` (as ``launch.mha_prefill_fwd_triton``). The kernel
+    takes the row max of the raw scores and scales it: ``softmax_scale`` must be positive."""
+    block_n, stages = TILES[(q.shape[-1], v.shape[-1])]
+    out, lse = _library.ops.mha_prefill_fwd_gluon(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                  float(softmax_scale), bool(causal), block_n,
+                                                  stages)
+    return out, lse.t()
+
+
+@functools.lru_cache(maxsize=None)
+def _nvmma_layout(block: tuple[int, ...], gdt):
+    from triton.experimental.gluon import language as gl
+
+    return gl.NVMMASharedLayout.get_default_for(list(block), gdt)
+
+
+def _packed_2d(t: torch.Tensor) -> torch.Tensor:
+    """``[total, heads, d]`` as a 2-D ``[total, heads * d]`` view TMA can address (copied when
+    the heads are not packed or a stride / the base is not 16-byte aligned)."""
+    total, heads, d = t.shape
+    esize = t.element_size()
+    if (t.stride(2) != 1 or t.stride(1) != d or (t.stride(0) * esize) % TMA_ALIGN_BYTES
+            or t.data_ptr() % TMA_ALIGN_BYTES or t.stride(0) < heads * d):
+        t = t.contiguous()
+    return t.as_strided((total, heads * d), (t.stride(0), 1))
+
+
+def mha_prefill_fwd_gluon_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal,
+                                 block_n, stages):
+    """One forward launch (the body of ``openmla::mha_prefill_fwd_gluon``): ``out`` and the
+    head-major ``lse [h_q, total_q]`` buffer."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .gluon_kernel import _mha_fwd_gluon_kernel
+
+    total_q, h_q, d_qk = q.shape
+    total_k, h_kv, d_v = v.shape
+    da, db = DIMS[(d_qk, d_v)]
+    out = torch.empty(total_q, h_q, d_v, dtype=q.dtype, device=q.device)
+    lse = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
+    n_seqs = cu_seqlens_q.shape[0] - 1
+    if total_q == 0 or n_seqs < 1:
+        return out, lse
+    if total_k == 0:  # no key anywhere: nothing for TMA to address
+        lse_t = lse.t()
+        out.zero_()
+        lse_t.fill_(float("-inf"))
+        return out, lse
+    gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    q2, k2, v2 = _packed_2d(q), _packed_2d(k), _packed_2d(v)
+    half = BLOCK_M // 2
+
+    def desc(t, block):
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
+                                _nvmma_layout(tuple(block), gdt))
+
+    qa = desc(q2, [half, da])
+    ka = desc(k2, [block_n, da])
+    qb = desc(q2, [half, db]) if db else qa
+    kb = desc(k2, [block_n, db]) if db else ka
+    n_vblocks = total_q // BLOCK_M + n_seqs  # as kernel.py: covers every sequence
+    lse_t = lse.t()
+    _mha_fwd_gluon_kernel[(n_vblocks * h_q,)](
+        qa, qb, ka, kb, desc(v2, [block_n, d_v]),
+        cu_seqlens_q, cu_seqlens_k, out, lse,
+        softmax_scale * LOG2E, n_seqs, n_vblocks, h_q // h_kv,
+        out.stride(0), out.stride(1), lse_t.stride(0), lse_t.stride(1),
+        D_QK=d_qk, D_V=d_v, DA=da, DB=db, BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages,
+        CAUSAL=bool(causal), CONSUMER_REGS=CONSUMER_REGS, LOAD_REGS=LOAD_REGS, num_warps=4)
+    return out, lse
+
+
+def compile_sm90(d_qk: int = 192, d_v: int = 128, causal: bool = True, block_n: int | None = None,
+                 stages: int | None = None, dtype: str = "bf16"):
+    """Compile the kernel for sm_90 without a GPU (``triton.compile`` on a GluonASTSource);
+    returns the compiled kernel (``.asm["ptx"]``, ``.metadata.shared``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from .gluon_kernel import _mha_fwd_gluon_kernel as fn
+
+    dflt_n, dflt_stages = TILES[(d_qk, d_v)]
+    block_n = block_n or dflt_n
+    stages = stages or dflt_stages
+    da, db = DIMS[(d_qk, d_v)]
+    gdt = gl.bfloat16 if dtype == "bf16" else gl.float16
+
+    def desc(shape):
+        layout = gl.NVMMASharedLayout.get_default_for(shape, gdt)
+        return f"tensordesc<{dtype}[{','.join(map(str, shape))}],{layout!r}>"
+
+    half = BLOCK_M // 2
+    types = {"qa_desc": desc([half, da]), "qb_desc": desc([half, db or da]),
+             "ka_desc": desc([block_n, da]), "kb_desc": desc([block_n, db or da]),
+             "v_desc": desc([block_n, d_v]), "cu_q_ptr": "*i32", "cu_k_ptr": "*i32",
+             "out_ptr": f"*{dtype}", "lse_ptr": "*fp32", "scale_log2": "fp32"}
+    ce = dict(D_QK=d_qk, D_V=d_v, DA=da, DB=db, BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages,
+              CAUSAL=causal, CONSUMER_REGS=CONSUMER_REGS, LOAD_REGS=LOAD_REGS)
+    sig = {n: "constexpr" if n in ce else types.get(n, "i32") for n in fn.arg_names}
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=ce)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
