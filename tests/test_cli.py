@@ -158,3 +158,18 @@ def test_graph_column_and_csv_metric(tmp_path):
     assert ("graph_time", "us", 1.25, 1.5, 1.75) in B._metric_rows(row, ceil)
     assert all(m[0] != "graph_time" for m in B._metric_rows(plain, ceil))
     assert B.graph_time_fn(lambda: None, device="cpu") is None
+
+
+def test_mha_varlen_case_runs_and_counts_real_lengths():
+    """The mixed-length MHA bench case builds, runs openmla, and counts the FLOPs of the real
+    (unpadded) lengths; SDPA's padded call is only added on CUDA."""
+    import torch
+
+    case = B._mha_varlen_case(3, 16, 2, 32, 16, causal=True, backward=True)
+    dev = torch.device("cpu")
+    work = case.build(dev, ("openmla", "torch_sdpa"))
+    assert set(work.calls) == {"openmla"}
+    grads = work.calls["openmla"]()
+    assert len(grads) == 3 and all(bool(torch.isfinite(g).all()) for g in grads)
+    assert work.flops > 0 and work.bytes is None
+    assert "varlen" in case.config and "fwd+bwd" in case.config

@@ -483,6 +483,55 @@ def _mha_case(b: int, seqlen: int, h: int, d: int, dv: int, causal: bool,
     return BenchCase("mha_prefill", config, build)
 
 
+def _mha_varlen_case(b: int, mean: int, h: int, d: int, dv: int, causal: bool,
+                     backward: bool) -> BenchCase:
+    """A batch of mixed lengths (N(mean, mean/2) query tokens, keys at least as many). torch
+    SDPA cannot take it without padding: its row times SDPA on every sequence padded to the
+    longest (random data of that padded shape, timing only), and both rows count the useful
+    FLOPs of the real lengths, so SDPA's TFLOPS show what the padding costs it."""
+    config = (f"varlen {b}x~{mean} h={h} d={d}/{dv}" + (" causal" if causal else "")
+              + (" fwd+bwd" if backward else " fwd"))
+
+    def build(device: torch.device, providers: Sequence[str]) -> Workload:
+        case = G.mha_inputs(b, mean, mean, h, d=d, dv=dv, causal=causal, varlen=True,
+                            requires_grad=backward, device=device)
+        kw = G.public_kwargs(case)
+        grad_out = case[G.EXTRAS]["grad_out"]
+        calls: dict[str, Callable[[], Any]] = {}
+        if "openmla" in providers:
+            import openmla
+
+            def call() -> Any:
+                out, _lse = openmla.flash_attn_varlen_func(**kw)
+                if backward:
+                    return torch.autograd.grad(out, (kw["q"], kw["k"], kw["v"]), grad_out)
+                return out
+            calls["openmla"] = call
+        cu_q, cu_k = kw["cu_seqlens_qo"].tolist(), kw["cu_seqlens_kv"].tolist()
+        if "torch_sdpa" in providers and device.type == "cuda":
+            longest = max(max(b_ - a_ for a_, b_ in zip(cu_q[:-1], cu_q[1:])),
+                          max(b_ - a_ for a_, b_ in zip(cu_k[:-1], cu_k[1:])))
+
+            def padded(dim: int) -> torch.Tensor:
+                x = torch.randn(b, h, longest, dim, device=device, dtype=kw["q"].dtype) / 10
+                return x.requires_grad_(backward)
+            pq, pk, pv = padded(d), padded(d), padded(dv)
+            pgrad = torch.randn(b, h, longest, dv, device=device, dtype=kw["q"].dtype) / 10
+
+            def sdpa() -> Any:
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    pq, pk, pv, is_causal=causal, scale=kw["softmax_scale"])
+                if backward:
+                    return torch.autograd.grad(out, (pq, pk, pv), pgrad)
+                return out
+            calls["torch_sdpa"] = sdpa
+        flop = F.mha_flops(cu_q, cu_k, h, d, dv, causal)
+        if backward:
+            flop += F.mha_flops(cu_q, cu_k, h, d, dv, causal, backward=True)
+        return Workload(calls, flop, None)
+    return BenchCase("mha_prefill", config, build)
+
+
 def _arch(device: torch.device) -> int:
     major, minor = torch.cuda.get_device_capability(device)
     return major * 10 + minor
@@ -514,6 +563,13 @@ def gpu_cases() -> list[BenchCase]:
     mha_b, mha_s = 4, 4096
     cases += [_mha_case(mha_b, mha_s, h, 192, 128, causal=True, backward=bwd)
               for bwd in (False, True) for h in (16, 128)]
+    # issue-6 report shapes: non-causal, (128, 128), and a mixed-length batch (SDPA padded)
+    cases += [_mha_case(mha_b, mha_s, 16, 192, 128, causal=False, backward=bwd)
+              for bwd in (False, True)]
+    cases += [_mha_case(mha_b, mha_s, 16, 128, 128, causal=True, backward=bwd)
+              for bwd in (False, True)]
+    cases += [_mha_varlen_case(8, 2048, 16, 192, 128, causal=True, backward=bwd)
+              for bwd in (False, True)]
     return cases
 
 
