@@ -3,11 +3,8 @@ registers, spills, shared memory and whether the matrix instructions are wgmma.
 
     PYTHONPATH=src python benchmarks/compile_sm90.py
 """
-import os
 import re
-import subprocess
 import sys
-import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -16,6 +13,7 @@ from triton.compiler import ASTSource
 from openmla.ops.combine.kernel import _decode_combine_kernel
 from openmla.ops.dense_decode.kernel import _dense_decode_kernel, _dense_decode_tma_kernel
 from openmla.ops.schedule.kernel import _decode_schedule_kernel
+from openmla.testing.sm90 import ptxas_report
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -49,22 +47,11 @@ def build(fn, pointers, constexprs, floats=(), **options):
     return triton.compile(src, target=TARGET, options=options)
 
 
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-
-
 def _ptxas_usage(ptx: str) -> tuple[str, str]:
     """Registers and spill bytes as ptxas reports them for the PTX Triton generated."""
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    try:
-        res = subprocess.run([PTXAS, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
-                             capture_output=True, text=True)
-    finally:
-        os.unlink(f.name)
-    text = res.stderr + res.stdout
-    regs = re.search(r"Used (\d+) registers", text)
-    spill = re.search(r"(\d+) bytes spill stores", text)
-    return (regs.group(1) if regs else "?"), (spill.group(1) if spill else "?")
+    rep = ptxas_report(ptx)
+    return (str(rep.registers) if rep.registers >= 0 else "?",
+            str(rep.spill_stores) if rep.spill_stores >= 0 else "?")
 
 
 def report(label, k):

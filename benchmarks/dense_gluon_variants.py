@@ -10,7 +10,8 @@ A compact table comes last. About 2-3 minutes on an H100.
 
     PYTHONPATH=src python benchmarks/dense_gluon_variants.py
 """
-import subprocess
+import functools
+import os
 import sys
 
 import torch
@@ -22,7 +23,10 @@ from openmla.ops.dense_decode.ref import dense_decode_ref
 from openmla.testing import flops as F
 from openmla.testing import generate as gen
 from openmla.testing.bench import graph_time_fn, measure_ceilings, time_fn
-from openmla.testing.compare import TOLERANCES, compare
+from openmla.testing.compare import TOLERANCES, compare, nan_filled_outputs
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gluon_hang_probe import probe  # noqa: E402  (the watchdog + hang report)
 
 WATCHDOG_S = 60
 CHECK_SHAPES = [  # (b, s_q, h_q, s_k, page_block_size, causal, varlen, zero_seqlens)
@@ -41,73 +45,17 @@ BENCH_SHAPES = {  # name: (b, s_q, h_q, s_k, causal)
     "s_q1 h64": (128, 1, 64, 8192, False),
     "s_q1 h16": (128, 1, 16, 8192, False),
 }
-KERNELS = {"base": L.dense_decode_gluon_kernels, "seesaw": L.dense_decode_gluon_seesaw_kernels}
+KERNELS = {name: functools.partial(L.dense_decode_gluon_kernels, variant=name)
+           for name in ("base", "seesaw")}
 
-# the variant's first launch (compile + run) at a split schedule, in its own process
-CHILD = r"""
-import os, sys, time, torch
-from openmla import _library
-from openmla.ops.dense_decode.launch import GLUON_BLOCK_H, dense_decode_gluon_seesaw_kernels
-from openmla.ops.dense_decode.ref import dense_decode_ref
-from openmla.testing import generate as gen
-from openmla.testing.compare import TOLERANCES, compare
-b, s_q, h_q, s_k, parts, causal = 4, 2, 64, 300, 3, True
-case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, varlen=True, zero_seqlens=True,
-                               device="cuda", seed=1)
-lengths = case["cache_seqlens"]
-meta, splits = _library.ops.decode_schedule(lengths, parts)
-ctas = -(-(s_q * h_q) // GLUON_BLOCK_H) * parts
-progress = torch.full((ctas * 3 * 4,), -1, dtype=torch.int32, pin_memory=True)
-torch.cuda.synchronize()
-t0 = time.time()
-out, lse = dense_decode_gluon_seesaw_kernels(case["q"], case["k_cache"], case["block_table"],
-                                             lengths, meta, splits, case["softmax_scale"],
-                                             causal, 512, 2, progress=progress)
-done = torch.cuda.Event()
-done.record()
-while not done.query() and time.time() - t0 < WATCHDOG_S:
-    time.sleep(0.1)
-if not done.query():
-    p = progress.view(ctas, 3, 4).tolist()
-    names = ("load", "softmax", "pv")
-    for c in range(ctas):
-        stuck = [f"{names[k]}: r={p[c][k][0]} it={p[c][k][1]} msg={p[c][k][2]} site={p[c][k][3]}"
-                 for k in range(3) if p[c][k][3] not in (9, 19, 29)]
-        if stuck:
-            print(f"cta {c}:", "; ".join(stuck))
-    print("HUNG", flush=True)
-    os._exit(3)
-r_out, r_lse = dense_decode_ref(**gen.reference_kwargs("dense_decode", case))
-why = compare(out, r_out.to(out.dtype), TOLERANCES["dense_decode"]["out"]) or compare(
-    lse, r_lse, TOLERANCES["dense_decode"]["lse"])
-print("OK" if why is None else "WRONG " + why, flush=True)
-"""
+FIRST_LAUNCH = (4, 2, 64, 300, 3, True, True, 1)  # a split schedule, causal, zero lengths
 
 
 def first_launch() -> bool:
     """True when the variant's first launch finished (right or wrong) inside the watchdog."""
-    try:
-        res = subprocess.run([sys.executable, "-c", CHILD.replace("WATCHDOG_S", str(WATCHDOG_S))],
-                             capture_output=True, text=True, timeout=WATCHDOG_S + 120)
-    except subprocess.TimeoutExpired:
-        print("seesaw first launch: TIMEOUT (the process did not exit)", flush=True)
-        return False
-    lines = (res.stdout + res.stderr).strip().splitlines()
-    print("seesaw first launch:", "\n  ".join(lines[-30:]) if lines else f"rc={res.returncode}",
-          flush=True)
-    return bool(lines) and lines[-1] != "HUNG" and res.returncode == 0
-
-
-def _nan_outputs():
-    """Make the launchers allocate their outputs NaN-filled (their ``torch.empty`` calls)."""
-    real = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        t = real(*args, **kwargs)
-        if t.dtype.is_floating_point:
-            t.fill_(float("nan"))
-        return t
-    return real, nan_empty
+    finished, report = probe(FIRST_LAUNCH, "seesaw", WATCHDOG_S)
+    print("seesaw first launch:", report, flush=True)
+    return finished
 
 
 def _call(kernel, case, causal, meta, splits):
@@ -122,7 +70,6 @@ def _schedule(case, s_q, h_q):
 
 def check(dev) -> dict:
     bad = {name: 0 for name in KERNELS}
-    real, nan_empty = _nan_outputs()
     for shape in CHECK_SHAPES:
         b, s_q, h_q, s_k, pbs, causal, varlen, zero = shape
         case = gen.dense_decode_inputs(b, s_q, h_q, s_k, page_block_size=pbs, causal=causal,
@@ -131,12 +78,9 @@ def check(dev) -> dict:
         r_out, r_lse = dense_decode_ref(**gen.reference_kwargs("dense_decode", case))
         tol = TOLERANCES["dense_decode"]
         for name, kernel in KERNELS.items():
-            torch.empty = nan_empty
-            try:
+            with nan_filled_outputs():
                 out, lse = _call(kernel, case, causal and s_q > 1, meta, splits)()
                 torch.cuda.synchronize()
-            finally:
-                torch.empty = real
             why = compare(out, r_out.to(out.dtype), tol["out"]) or compare(lse, r_lse, tol["lse"])
             bad[name] += why is not None
             print(f"check {name:6} {shape}: {'PASS' if why is None else 'FAIL ' + why}",

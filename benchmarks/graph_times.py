@@ -11,10 +11,10 @@ import torch
 
 import openmla
 from openmla.testing import generate as gen
-from openmla.testing.bench import time_fn
+from openmla.testing.bench import graph_time_fn, time_fn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from host_overhead import graph_time_us, host_time_us  # noqa: E402
+from host_overhead import host_time_us  # noqa: E402
 
 SHAPES = [  # (op, label, case factory)
     ("sparse_decode", "V32 s_q=1 h_q=128", lambda: gen.sparse_decode_inputs(
@@ -44,7 +44,7 @@ def main():
             try:
                 call()
                 ev = time_fn(call, device="cuda", budget_s=0.5, max_runs=50).p50
-                gr = graph_time_us(call)
+                gr = graph_time_fn(call, device="cuda", reps=50, flush_l2=False).p50
                 ho = host_time_us(call, reps=100)
             except Exception as e:  # noqa: BLE001
                 print(f"{op} {label} {be}: {type(e).__name__} {e}"[:300], flush=True)

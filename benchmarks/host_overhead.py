@@ -16,35 +16,12 @@ import torch
 
 import openmla
 from openmla.testing import generate as gen
-from openmla.testing.bench import time_fn
-
-
-def graph_time_us(fn, reps=50):
-    """Median-free mean of ``reps`` replays of a graph holding one call (GPU time only)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+from openmla.testing.bench import graph_time_fn, time_fn
 
 
 def host_time_us(fn, reps=200):
+    """Host microseconds per call of ``fn``, calls queued without synchronisation."""
+    fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(reps):
@@ -73,7 +50,7 @@ def main():
         meta = openmla.get_mla_metadata()[0]
         call()
         ev = time_fn(call, device="cuda", budget_s=0.5, max_runs=100).p50
-        gr = graph_time_us(call)
+        gr = graph_time_fn(call, device="cuda", reps=50, flush_l2=False).p50
         ho = host_time_us(call)
         rows.append((be, ev, gr, ho))
         pr = cProfile.Profile()

@@ -5,7 +5,8 @@ its kernels. Microseconds per call, queued without synchronisation.
 
     PYTHONPATH=src python benchmarks/launch_overhead.py
 """
-import time
+import os
+import sys
 
 import torch
 import triton
@@ -14,16 +15,8 @@ from triton.runtime import driver
 
 from openmla.ops.combine.kernel import _decode_combine_kernel
 
-
-def per_call_us(fn, reps=2000):
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / reps * 1e6
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from host_overhead import host_time_us  # noqa: E402
 
 
 def main():
@@ -58,9 +51,9 @@ def main():
     def noop_kernel_torch():
         out.zero_()
 
-    rows = [("jit launch", per_call_us(jit)), ("direct launcher", per_call_us(direct)),
-            ("torch.empty", per_call_us(empty_only)), ("torch zero_ (1 kernel)",
-                                                        per_call_us(noop_kernel_torch))]
+    fns = [("jit launch", jit), ("direct launcher", direct), ("torch.empty", empty_only),
+           ("torch zero_ (1 kernel)", noop_kernel_torch)]
+    rows = [(name, host_time_us(fn, reps=2000)) for name, fn in fns]
     for name, us in rows:
         print(f"{name:24} {us:8.2f} us")
 

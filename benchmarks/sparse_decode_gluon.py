@@ -20,11 +20,12 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
 import torch
+
+from openmla.testing.compare import nan_filled_outputs
 
 FLASHMLA_H100_US = {(1, 128): 218.0, (2, 128): 415.0}  # FlashMLA on an H100 (the issue)
 TARGET_US = {(1, 16): 72.0}  # memory-bound target of the issue (H100)
@@ -56,24 +57,6 @@ def _case(shape, seed=0):
 
 
 @contextlib.contextmanager
-def _nan_empty():
-    """Every float tensor from torch.empty starts as NaN (an unwritten output fails)."""
-    real = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        t = real(*args, **kwargs)
-        if t.dtype.is_floating_point:
-            t.fill_(float("nan"))
-        return t
-
-    torch.empty = nan_empty
-    try:
-        yield
-    finally:
-        torch.empty = real
-
-
-@contextlib.contextmanager
 def _backend(name):
     old = os.environ.get("OPENMLA_BACKEND_SPARSE_DECODE")
     os.environ["OPENMLA_BACKEND_SPARSE_DECODE"] = name
@@ -94,7 +77,7 @@ def _check(case, backend):
     from openmla.testing import generate as gen
     from openmla.testing.compare import TOLERANCES, compare
 
-    with _backend(backend), _nan_empty():
+    with _backend(backend), nan_filled_outputs():
         out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
                                                   tile_scheduler_metadata=openmla.get_mla_metadata()[0])
     torch.cuda.synchronize()
@@ -186,7 +169,7 @@ def _bench_shape(s_q, h_q, table):
             kwargs.update(extra)
             stages = kwargs.pop("stages")
             if extra:  # a variant: check it before timing it
-                with _nan_empty():
+                with nan_filled_outputs():
                     o, lse = gll.sparse_decode_gluon_kernels(q, kc, idx, meta, splits, *args,
                                                              stages, **kwargs)
                 ref_o, _ = gll.sparse_decode_gluon_kernels(q, kc, idx, meta, splits, *args,
@@ -206,26 +189,17 @@ def _bench_shape(s_q, h_q, table):
 
 def _compile_report() -> int:
     """(no GPU) registers, spills, shared memory and wgmma count of the split kernel for sm_90."""
-    import triton
-
     from openmla.ops.sparse_decode.gluon_launch import compile_sm90
+    from openmla.testing.sm90 import ptxas_report
 
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     for kw in [{}, dict(has_sink=False, has_topk_len=False), dict(pv_regs=168, producer_regs=128),
                dict(pv_regs=160, producer_regs=120), dict(stages=1)]:
         k = compile_sm90(**kw)
         ptx = k.asm["ptx"]
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(ptx)
-        out = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
-                             capture_output=True, text=True)
-        os.unlink(f.name)
-        text = out.stderr + out.stdout
-        regs = re.search(r"Used (\d+) registers", text)
-        spill = re.search(r"(\d+) bytes spill stores", text)
+        rep = ptxas_report(ptx)
         nreg = sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
-        print(f"{str(kw):48} maxnreg {regs.group(1) if regs else '?'} setmaxnreg {nreg} "
-              f"spill-bytes {spill.group(1) if spill else '?'} smem {k.metadata.shared} "
+        print(f"{str(kw):48} maxnreg {rep.registers} setmaxnreg {nreg} "
+              f"spill-bytes {rep.spill_stores} smem {k.metadata.shared} "
               f"wgmma {ptx.count('wgmma.mma_async')}", flush=True)
     return 0
 

@@ -20,14 +20,15 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
 import torch
 
+from openmla.testing.compare import nan_filled_outputs
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sparse_decode_gluon import _case, _check, _nan_empty  # noqa: E402  (same helpers)
+from sparse_decode_gluon import _case, _check  # noqa: E402  (same helpers)
 
 B, TOPK, S_K, PBS = 128, 2048, 32768, 64
 BENCH = [(1, 16), (1, 64), (1, 128), (2, 128)]  # (s_q, h_q)
@@ -106,7 +107,7 @@ def _bench_shape(s_q, h_q, variants, table):
             try:
                 meta, splits = _library.ops.decode_schedule(lengths, base * mult)
                 if mult != own:  # correctness of this parts count too (NaN-filled outputs)
-                    with _nan_empty():
+                    with nan_filled_outputs():
                         o, _ = gll.sparse_decode_gluon_kernels(q, kc, idx, meta, splits, *args,
                                                                gll.GLUON_STAGES, variant=v)
                     if torch.isnan(o).any():
@@ -128,23 +129,15 @@ def _bench_shape(s_q, h_q, variants, table):
 
 
 def _compile_report() -> int:
-    import triton
-
     from openmla.ops.sparse_decode.gluon_launch import compile_sm90
+    from openmla.testing.sm90 import ptxas_report
 
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     for v in [None] + _variants():
         k = compile_sm90(variant=v)
         ptx = k.asm["ptx"]
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(ptx)
-        out = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
-                             capture_output=True, text=True)
-        os.unlink(f.name)
-        text = out.stderr + out.stdout
-        spill = re.search(r"(\d+) bytes spill stores", text)
-        warn = sorted(set(re.findall(r"\(C75\d\d\)", text)))
-        print(f"{v or 'default':20} spill-bytes {spill.group(1) if spill else '?'} "
+        rep = ptxas_report(ptx)
+        warn = sorted(set(re.findall(r"\(C75\d\d\)", rep.text)))
+        print(f"{v or 'default':20} spill-bytes {rep.spill_stores} "
               f"smem {k.metadata.shared} wgmma {ptx.count('wgmma.mma_async')} "
               f"ptxas warnings {warn}", flush=True)
     return 0

@@ -26,15 +26,10 @@ def _seed():
 
 
 @pytest.fixture
-def poisoned_outputs(monkeypatch):
+def poisoned_outputs():
     """Every float tensor allocated with torch.empty during the test starts as NaN, so an output
     element a kernel fails to write fails the comparison with the reference."""
-    real_empty = torch.empty
+    from openmla.testing.compare import nan_filled_outputs
 
-    def nan_empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.dtype.is_floating_point:
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
+    with nan_filled_outputs():
+        yield

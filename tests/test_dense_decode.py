@@ -248,8 +248,9 @@ def test_unaligned_cache_base_is_served(poisoned_outputs):
 
 # --- seesaw variant (gluon_seesaw_kernel.py, OPENMLA_DENSE_GLUON_VARIANT=seesaw) -------------
 SEESAW_COMPILE = r"""
-import os, re, subprocess, sys, tempfile
+import re, sys
 import triton
+from openmla.testing.sm90 import ptxas_report
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
@@ -271,16 +272,10 @@ sig = {n: "constexpr" if n in ce else types.get(n, "fp32" if n == "scale_log2" e
 k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce),
                    target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 ptx = k.asm["ptx"]
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-    f.write(ptx)
-res = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
-                     capture_output=True, text=True)
-os.unlink(f.name)
-spill = re.search(r"(\d+) bytes spill stores", res.stderr + res.stdout)
+rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
 print("wait1", len(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+1", ptx)))
-print("spill", spill.group(1) if spill else -1)
+print("spill", rep.spill_stores)
 print("smem", k.metadata.shared)
 print("maxnreg", " ".join(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)))
 """

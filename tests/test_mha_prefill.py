@@ -313,24 +313,15 @@ SM90_SMEM_LIMIT = 232448  # bytes of shared memory a CTA may use on an H100 (227
 # Compiled for sm_90 in a fresh interpreter without TRITON_INTERPRET (the test session may run
 # Triton in its interpreter); prints wgmma count, shared memory and ptxas registers / spills.
 GLUON_COMPILE = r"""
-import json, os, re, subprocess, sys, tempfile
-import triton
+import json, re, sys
 from openmla.ops.mha_prefill.gluon_launch import compile_sm90
+from openmla.testing.sm90 import ptxas_report
 d_qk, d_v, causal = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 k = compile_sm90(d_qk, d_v, causal)
 ptx = k.asm["ptx"]
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-    f.write(ptx)
-res = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
-                     capture_output=True, text=True)
-os.unlink(f.name)
-text = res.stderr + res.stdout
-spill = re.search(r"(\d+) bytes spill stores", text)
-regs = re.search(r"Used (\d+) registers", text)
+rep = ptxas_report(ptx)
 print(json.dumps({"wgmma": len(re.findall(r"wgmma\.mma_async", ptx)), "smem": k.metadata.shared,
-                  "spill": int(spill.group(1)) if spill else -1,
-                  "regs": int(regs.group(1)) if regs else -1,
+                  "spill": rep.spill_stores, "regs": rep.registers,
                   "setmaxnreg": sorted({int(x) for x in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+)", ptx)})}))
 """
 

@@ -363,19 +363,14 @@ def test_gluon_op_fake_shapes():
 
 
 _COMPILE_PROGRAM = r"""
-import os, re, subprocess, sys, tempfile, triton
+import re, sys
 from openmla.ops.sparse_decode.gluon_launch import compile_sm90
+from openmla.testing.sm90 import ptxas_report
 k = compile_sm90(variant=sys.argv[1] if len(sys.argv) > 1 else None)
 ptx = k.asm["ptx"]
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-    f.write(ptx)
-res = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull], capture_output=True,
-                     text=True)
-os.unlink(f.name)
-spills = re.search(r"(\d+) bytes spill stores", res.stderr + res.stdout)
+rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
-print("spill", spills.group(1) if spills else -1)
+print("spill", rep.spill_stores)
 print("smem", k.metadata.shared)
 """
 

@@ -294,8 +294,9 @@ def test_gluon_library_op_fake():
 # Compiled for sm_90 in a fresh interpreter without TRITON_INTERPRET; prints ptxas's register
 # and spill report, the shared memory and the wgmma count.
 GLUON_COMPILE = r"""
-import os, re, subprocess, sys, tempfile
+import re, sys
 import triton
+from openmla.testing.sm90 import ptxas_report
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from openmla.ops.sparse_prefill import gluon_launch as L
@@ -322,16 +323,10 @@ for i, n in enumerate(fn.arg_names):
 k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
                    target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 ptx = k.asm["ptx"]
-ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-    f.write(ptx)
-res = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull],
-                     capture_output=True, text=True)
-os.unlink(f.name)
-spill = re.search(r"(\d+) bytes spill stores", res.stderr + res.stdout)
+rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
 print("cp.async", len(re.findall(r"cp\.async\.cg\.shared\.global", ptx)))
-print("spill", spill.group(1) if spill else "?")
+print("spill", rep.spill_stores)
 print("smem", k.metadata.shared)
 """
 

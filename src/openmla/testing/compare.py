@@ -7,7 +7,9 @@ zeroed); 3. every element within ``abs_tol`` or within ``rel_tol`` relative to t
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -105,3 +107,22 @@ def assert_close(name: str, ans: torch.Tensor, ref: torch.Tensor, tol: Tol) -> N
     why = compare(ans, ref, tol)
     if why is not None:
         raise AssertionError(f"{name}: {why}")
+
+
+@contextlib.contextmanager
+def nan_filled_outputs() -> Iterator[None]:
+    """Inside the block every floating-point tensor made by ``torch.empty`` starts as NaN, so an
+    output element a kernel fails to write fails the comparison with the reference."""
+    real_empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.dtype.is_floating_point:
+            t.fill_(float("nan"))
+        return t
+
+    torch.empty = nan_empty
+    try:
+        yield
+    finally:
+        torch.empty = real_empty

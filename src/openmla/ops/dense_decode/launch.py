@@ -2,7 +2,6 @@
 kernel → combine, each a torch.library op. No host synchronisation anywhere."""
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -10,6 +9,7 @@ import torch
 
 from ... import _library
 from ...device import device_info, interpreting
+from .._gluon_host import tma_descriptor
 from ..combine.launch import decode_combine
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
 from .config import SCHED_N, pick_config
@@ -172,32 +172,28 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
             and k_cache.stride(1) == d and k_cache.stride(0) == page_size * d)
 
 
-@functools.lru_cache(maxsize=None)
-def _nvmma_layout(block: tuple[int, ...], gdt):
-    """The swizzled shared layout of a TMA block (built once per shape and dtype: a few
-    microseconds of host time per descriptor otherwise)."""
-    from triton.experimental.gluon import language as gl
-
-    return gl.NVMMASharedLayout.get_default_for(list(block), gdt)
-
-
 def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
                                softmax_scale, causal, head_dim_v, stages, progress=None,
-                               load_warps=GLUON_LOAD_WARPS):
+                               load_warps=GLUON_LOAD_WARPS, variant=None):
     """Gluon split kernel and combine for one call (the ``openmla::dense_decode_gluon`` op).
+
+    ``variant``: None (default: ``OPENMLA_DENSE_GLUON_VARIANT``, unset for the validated kernel
+    of ``gluon_kernel.py``) or ``"seesaw"`` (``gluon_seesaw_kernel.py``: a key tile's softmax
+    overlapped with the previous tile's P·V; at least 2 key stages). Same arguments, schedule,
+    outputs and fallback either way.
 
     ``progress`` (debugging only): an int32 tensor of ``grid_ctas * 3 * 4`` elements in memory the
     host can read while the kernel runs (pinned host memory); each partition of each CTA writes
     its request, tile and message counters and the wait it enters (see ``_trace``)."""
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from .gluon_kernel import _dense_decode_gluon_kernel
-
-    if os.environ.get(GLUON_VARIANT_ENV) == "seesaw":
-        return dense_decode_gluon_seesaw_kernels(q, k_cache, block_table, cache_seqlens, meta,
-                                                 num_splits, softmax_scale, causal, head_dim_v,
-                                                 stages, progress, load_warps)
+    if variant is None:
+        variant = os.environ.get(GLUON_VARIANT_ENV)
+    if variant == "seesaw":
+        from .gluon_seesaw_kernel import _dense_decode_gluon_seesaw_kernel as kernel
+        stages = max(stages, 2)
+    else:
+        from .gluon_kernel import _dense_decode_gluon_kernel as kernel
     b, s_q, h_q, d = q.shape
     num_pages, page_size, _, _ = k_cache.shape
     rows = s_q * h_q
@@ -215,14 +211,12 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     q2 = q.view(b * rows, d)
     k2 = k_cache.view(num_pages * page_size, d)
 
-    def desc(t, block):
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
-                                _nvmma_layout(tuple(block), gdt))
-
     grid = (-(-rows // GLUON_BLOCK_H), 1, num_parts)
-    _dense_decode_gluon_kernel[grid](
-        desc(q2, [GLUON_BLOCK_H, half]), desc(q2, [GLUON_BLOCK_H, d_rope]),
-        desc(k2, [GLUON_BLOCK_N, half]), desc(k2, [GLUON_BLOCK_N, d_rope]),
+    kernel[grid](
+        tma_descriptor(q2, [GLUON_BLOCK_H, half], gdt),
+        tma_descriptor(q2, [GLUON_BLOCK_H, d_rope], gdt),
+        tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),
+        tma_descriptor(k2, [GLUON_BLOCK_N, d_rope], gdt),
         block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
         softmax_scale * LOG2E, s_q, h_q,
         block_table.stride(0),
@@ -230,54 +224,6 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
         PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
         BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=GLUON_PV_REGS,
-        LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
-        TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4)
-    decode_combine(o_acc, lse_acc, num_splits, out, lse)
-    return out, lse
-
-
-def dense_decode_gluon_seesaw_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
-                                      softmax_scale, causal, head_dim_v, stages, progress=None,
-                                      load_warps=GLUON_LOAD_WARPS):
-    """As ``dense_decode_gluon_kernels`` with the kernel of ``gluon_seesaw_kernel.py`` (softmax
-    of a key tile overlapped with the previous tile's P·V); same arguments, schedule, outputs
-    and fallback. Reached through ``OPENMLA_DENSE_GLUON_VARIANT=seesaw`` or called directly."""
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    from .gluon_seesaw_kernel import _dense_decode_gluon_seesaw_kernel
-
-    b, s_q, h_q, d = q.shape
-    num_pages, page_size, _, _ = k_cache.shape
-    rows = s_q * h_q
-    num_parts = meta.shape[0]
-    half, d_rope = head_dim_v // 2, d - head_dim_v
-    q = q.contiguous()
-    if q.data_ptr() % TMA_ALIGN_BYTES or k_cache.data_ptr() % TMA_ALIGN_BYTES:
-        cfg = pick_config(rows, 1, device_info(q.device), page_size)
-        return dense_decode_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
-                                    softmax_scale, causal, head_dim_v, cfg.block_h, cfg.block_n,
-                                    cfg.num_warps, cfg.num_stages, cfg.use_tma)
-    out, lse, o_acc, lse_acc = _outputs(q, head_dim_v, num_parts)
-    gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    q2 = q.view(b * rows, d)
-    k2 = k_cache.view(num_pages * page_size, d)
-
-    def desc(t, block):
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
-                                _nvmma_layout(tuple(block), gdt))
-
-    grid = (-(-rows // GLUON_BLOCK_H), 1, num_parts)
-    _dense_decode_gluon_seesaw_kernel[grid](
-        desc(q2, [GLUON_BLOCK_H, half]), desc(q2, [GLUON_BLOCK_H, d_rope]),
-        desc(k2, [GLUON_BLOCK_N, half]), desc(k2, [GLUON_BLOCK_N, d_rope]),
-        block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
-        softmax_scale * LOG2E, s_q, h_q,
-        block_table.stride(0),
-        *_output_strides(out, lse, o_acc, lse_acc),
-        PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
-        BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
-        CAUSAL=bool(causal) and s_q > 1, STAGES=max(stages, 2), PV_REGS=GLUON_PV_REGS,
         LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
         TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4)
     decode_combine(o_acc, lse_acc, num_splits, out, lse)

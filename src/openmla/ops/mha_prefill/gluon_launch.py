@@ -8,13 +8,13 @@ outside every sequence are not written.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 from ... import _library
 from ...device import gluon_available, interpreting
+from .._gluon_host import nvmma_layout, tma_descriptor
 from . import gluon_library  # noqa: F401 - registers openmla::mha_prefill_fwd_gluon
 
 LOG2E = 1.0 / math.log(2.0)
@@ -52,13 +52,6 @@ def mha_prefill_fwd_gluon(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, ca
     return out, lse.t()
 
 
-@functools.lru_cache(maxsize=None)
-def _nvmma_layout(block: tuple[int, ...], gdt):
-    from triton.experimental.gluon import language as gl
-
-    return gl.NVMMASharedLayout.get_default_for(list(block), gdt)
-
-
 def _packed_2d(t: torch.Tensor) -> torch.Tensor:
     """``[total, heads, d]`` as a 2-D ``[total, heads * d]`` view TMA can address (copied when
     the heads are not packed or a stride / the base is not 16-byte aligned)."""
@@ -75,7 +68,6 @@ def mha_prefill_fwd_gluon_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_sc
     """One forward launch (the body of ``openmla::mha_prefill_fwd_gluon``): ``out`` and the
     head-major ``lse [h_q, total_q]`` buffer."""
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .gluon_kernel import _mha_fwd_gluon_kernel
 
@@ -96,18 +88,14 @@ def mha_prefill_fwd_gluon_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_sc
     q2, k2, v2 = _packed_2d(q), _packed_2d(k), _packed_2d(v)
     half = BLOCK_M // 2
 
-    def desc(t, block):
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
-                                _nvmma_layout(tuple(block), gdt))
-
-    qa = desc(q2, [half, da])
-    ka = desc(k2, [block_n, da])
-    qb = desc(q2, [half, db]) if db else qa
-    kb = desc(k2, [block_n, db]) if db else ka
+    qa = tma_descriptor(q2, [half, da], gdt)
+    ka = tma_descriptor(k2, [block_n, da], gdt)
+    qb = tma_descriptor(q2, [half, db], gdt) if db else qa
+    kb = tma_descriptor(k2, [block_n, db], gdt) if db else ka
     n_vblocks = total_q // BLOCK_M + n_seqs  # as kernel.py: covers every sequence
     lse_t = lse.t()
     _mha_fwd_gluon_kernel[(n_vblocks * h_q,)](
-        qa, qb, ka, kb, desc(v2, [block_n, d_v]),
+        qa, qb, ka, kb, tma_descriptor(v2, [block_n, d_v], gdt),
         cu_seqlens_q, cu_seqlens_k, out, lse,
         softmax_scale * LOG2E, n_seqs, n_vblocks, h_q // h_kv,
         out.stride(0), out.stride(1), lse_t.stride(0), lse_t.stride(1),
@@ -134,7 +122,7 @@ def compile_sm90(d_qk: int = 192, d_v: int = 128, causal: bool = True, block_n: 
     gdt = gl.bfloat16 if dtype == "bf16" else gl.float16
 
     def desc(shape):
-        layout = gl.NVMMASharedLayout.get_default_for(shape, gdt)
+        layout = nvmma_layout(tuple(shape), gdt)
         return f"tensordesc<{dtype}[{','.join(map(str, shape))}],{layout!r}>"
 
     half = BLOCK_M // 2

@@ -11,11 +11,11 @@ import torch
 
 from ... import _library
 from ...device import device_info
+from .._gluon_host import nvmma_layout, tma_descriptor
 from ..combine.launch import decode_combine
-from ..dense_decode.launch import _nvmma_layout
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
 from .config import SCHED_N
-from .launch import _check_alignment, schedule_lengths, sparse_decode_triton
+from .launch import _check_alignment, outputs, schedule_lengths, sparse_decode_triton
 
 LOG2E = 1.0 / math.log(2.0)
 D_QK = 576  # V3.2 layout only (MODEL1 and the extra cache run the portable kernel)
@@ -148,25 +148,16 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     Returns ``out [b, s_q, h_q, 512]`` bf16 and ``lse [b, s_q, h_q]`` float32, both
     contiguous (the public lse is the ``[b, h_q, s_q]`` transposed view)."""
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .gluon_kernel import _sparse_decode_gluon_kernel
 
     b, s_q, h_q, d_qk = q.shape
     _check_alignment("k_cache", k_cache, d_qk)
     num_parts = meta.shape[0]
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16, device=q.device)
-    lse = torch.empty(b, s_q, h_q, dtype=torch.float32, device=q.device)
-    pieces = b + num_parts  # upper bound of the schedule's pieces
-    o_acc = torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
-    lse_acc = torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device)
+    out, lse, o_acc, lse_acc = outputs(q, head_dim_v, num_parts)
     kc = k_cache.view(torch.uint8)
     half, d_rope = head_dim_v // 2, d_qk - head_dim_v
     q2 = q.contiguous().view(b * s_q * h_q, d_qk)  # rows: request, token, head
-
-    def desc(t, block):
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
-                                _nvmma_layout(tuple(block), gl.bfloat16))
 
     grid = (-(-h_q // GLUON_BLOCK_H), s_q, num_parts)
     v = gluon_variant(variant)
@@ -175,7 +166,8 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     if v is not None:
         launch = _variant_constexprs(v)
     _sparse_decode_gluon_kernel[grid](
-        desc(q2, [GLUON_BLOCK_H, half]), desc(q2, [GLUON_BLOCK_H, d_rope]),
+        tma_descriptor(q2, [GLUON_BLOCK_H, half], gl.bfloat16),
+        tma_descriptor(q2, [GLUON_BLOCK_H, d_rope], gl.bfloat16),
         kc, indices, topk_length if topk_length is not None else indices,
         attn_sink if attn_sink is not None else lse, meta, num_splits,
         out, lse, o_acc, lse_acc,
@@ -209,7 +201,7 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     from .gluon_kernel import _sparse_decode_gluon_kernel as fn
 
     def desc(shape):
-        layout = gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
+        layout = nvmma_layout(tuple(shape), gl.bfloat16)
         return f"tensordesc<bf16[{','.join(map(str, shape))}],{layout!r}>"
 
     types = {"q_desc": desc([GLUON_BLOCK_H, D_V // 2]), "qr_desc": desc([GLUON_BLOCK_H, 64]),

@@ -83,6 +83,18 @@ def sparse_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.
     return out, lse.transpose(1, 2)
 
 
+def outputs(q: torch.Tensor, head_dim_v: int, num_parts: int):
+    """``out [b, s_q, h_q, head_dim_v]`` bf16, ``lse [b, s_q, h_q]`` and the split accumulators
+    ``o_acc [b + P, s_q, h_q, head_dim_v]`` / ``lse_acc [b + P, s_q, h_q]`` float32 (b + P
+    bounds the schedule's pieces), as every sparse-decode split kernel writes them."""
+    b, s_q, h_q, _ = q.shape
+    pieces = b + num_parts
+    return (torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16, device=q.device),
+            torch.empty(b, s_q, h_q, dtype=torch.float32, device=q.device),
+            torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device),
+            torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device))
+
+
 def sparse_decode_kernels(q, k_cache, indices, meta, num_splits, softmax_scale, head_dim_v,
                           attn_sink, topk_length, extra_k_cache, extra_indices_in_kvcache,
                           extra_topk_length, block_h, block_n, num_warps, num_stages):
@@ -96,11 +108,7 @@ def sparse_decode_kernels(q, k_cache, indices, meta, num_splits, softmax_scale, 
     if extra_k_cache is not None:
         _check_alignment("extra_k_cache", extra_k_cache, d_qk)
     num_parts = meta.shape[0]
-    out = torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16, device=q.device)
-    lse = torch.empty(b, s_q, h_q, dtype=torch.float32, device=q.device)
-    pieces = b + num_parts  # upper bound of the schedule's pieces
-    o_acc = torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device)
-    lse_acc = torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device)
+    out, lse, o_acc, lse_acc = outputs(q, head_dim_v, num_parts)
     kc = k_cache.view(torch.uint8)
     has_extra = extra_k_cache is not None
     ekc = extra_k_cache.view(torch.uint8) if has_extra else kc

@@ -3,14 +3,12 @@
 synchronisation."""
 from __future__ import annotations
 
-import math
 
 import torch
 
 from ...device import device_info
+from .launch import D_V, LOG2E, outputs
 
-LOG2E = 1.0 / math.log(2.0)
-D_V = 512
 BLOCK_H = 64  # query heads per work item: one wgmma M tile (h_q not a multiple: masked rows)
 BLOCK_N = 64  # index slots per key tile
 STAGES = 2  # key-tile ring: Q (72 KiB) + 2 x K (72 KiB) + P (8 KiB) fill 227 KiB at d_qk 576
@@ -57,11 +55,7 @@ def sparse_prefill_gluon_kernel(q, kv, indices, attn_sink, topk_length, sm_scale
     s_q, h_q, d_qk = q.shape
     s_kv = kv.shape[0]
     topk = indices.shape[-1]
-    if d_v != D_V:
-        raise ValueError(f"d_v: expected {D_V}, got {d_v}")
-    out = torch.empty(s_q, h_q, d_v, dtype=q.dtype, device=q.device)
-    max_logits = torch.empty(s_q, h_q, dtype=torch.float32, device=q.device)
-    lse = torch.empty(s_q, h_q, dtype=torch.float32, device=q.device)
+    out, max_logits, lse = outputs(q, d_v)
     if s_q == 0:
         return out, max_logits, lse
     n_hb = -(-h_q // BLOCK_H)

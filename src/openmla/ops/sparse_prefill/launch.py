@@ -27,17 +27,24 @@ def sparse_prefill_triton(q: torch.Tensor, kv: torch.Tensor, indices: torch.Tens
                                        cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages)
 
 
+def outputs(q: torch.Tensor, d_v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``out [s_q, h_q, d_v]`` (q's dtype), ``max_logits`` and ``lse [s_q, h_q]`` float32, as
+    every sparse-prefill kernel writes them (``d_v`` must be the kernels' V width)."""
+    if d_v != D_V:
+        raise ValueError(f"d_v: expected {D_V}, got {d_v}")
+    s_q, h_q, _ = q.shape
+    return (torch.empty(s_q, h_q, d_v, dtype=q.dtype, device=q.device),
+            torch.empty(s_q, h_q, dtype=torch.float32, device=q.device),
+            torch.empty(s_q, h_q, dtype=torch.float32, device=q.device))
+
+
 def sparse_prefill_kernel(q, kv, indices, attn_sink, topk_length, sm_scale, d_v, block_h,
                           block_n, num_warps, num_stages):
     """One kernel launch (the body of the ``openmla::sparse_prefill`` op)."""
     s_q, h_q, d_qk = q.shape
     s_kv = kv.shape[0]
     topk = indices.shape[-1]
-    if d_v != D_V:
-        raise ValueError(f"d_v: expected {D_V}, got {d_v}")
-    out = torch.empty(s_q, h_q, d_v, dtype=q.dtype, device=q.device)
-    max_logits = torch.empty(s_q, h_q, dtype=torch.float32, device=q.device)
-    lse = torch.empty(s_q, h_q, dtype=torch.float32, device=q.device)
+    out, max_logits, lse = outputs(q, d_v)
     if s_q == 0:
         return out, max_logits, lse
     n_head_blocks = -(-h_q // block_h)
