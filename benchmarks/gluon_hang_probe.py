@@ -2,10 +2,7 @@
 watchdog, to find which configuration (if any) fails to finish or is wrong; a launch that hangs
 prints where each partition of each CTA waits (progress counters in pinned host memory).
 
-    PYTHONPATH=src python benchmarks/gluon_hang_probe.py [variant]
-
-``variant``: a kernel variant of ``dense_decode_gluon_kernels`` (e.g. ``seesaw``); default the
-validated kernel. ``probe`` is also used by benchmarks/dense_gluon_variants.py.
+    PYTHONPATH=src python benchmarks/gluon_hang_probe.py
 """
 import subprocess
 import sys
@@ -28,7 +25,6 @@ from openmla.ops.dense_decode.ref import dense_decode_ref
 from openmla.testing import generate as gen
 from openmla.testing.compare import TOLERANCES, compare
 b, s_q, h_q, s_k, parts, causal, zero, load_warps = eval(sys.argv[1])
-variant = sys.argv[2] if sys.argv[2] != "None" else None
 case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, zero_seqlens=zero, varlen=zero,
                                device="cuda", seed=1)
 lengths = case["cache_seqlens"]
@@ -38,8 +34,7 @@ progress = torch.full((ctas * 3 * 4,), -1, dtype=torch.int32, pin_memory=True)
 torch.cuda.synchronize()
 out, lse = dense_decode_gluon_kernels(case["q"], case["k_cache"], case["block_table"], lengths,
                                       meta, splits, case["softmax_scale"], causal, 512, 2,
-                                      progress=progress, load_warps=load_warps,
-                                      variant=variant)
+                                      progress=progress, load_warps=load_warps)
 done = torch.cuda.Event()
 done.record()
 t0 = time.time()
@@ -65,13 +60,13 @@ print("OK" if why is None else "WRONG " + why, "splits", splits.tolist()[:8], fl
 WATCHDOG_S = 15  # a launch of these sizes takes milliseconds
 
 
-def probe(case, variant=None, watchdog_s=WATCHDOG_S) -> tuple[bool, str]:
+def probe(case, watchdog_s=WATCHDOG_S) -> tuple[bool, str]:
     """Run ``case`` in a subprocess: (finished, report). ``finished`` is False when the launch
     hung (the report then holds where each partition of each CTA waits) or the process did not
     exit; the report's last line says OK or WRONG otherwise."""
     try:
         res = subprocess.run([sys.executable, "-c", CHILD.replace("WATCHDOG_S", str(watchdog_s)),
-                              repr(case), str(variant)], capture_output=True, text=True,
+                              repr(case)], capture_output=True, text=True,
                              timeout=watchdog_s + 120)
     except subprocess.TimeoutExpired:
         return False, "TIMEOUT (the process did not exit)"
@@ -84,4 +79,4 @@ def probe(case, variant=None, watchdog_s=WATCHDOG_S) -> tuple[bool, str]:
 
 if __name__ == "__main__":
     for case in CASES:
-        print(case, probe(case, sys.argv[1] if len(sys.argv) > 1 else None)[1], flush=True)
+        print(case, probe(case)[1], flush=True)

@@ -70,11 +70,7 @@ elif which == "sparse":
 else:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
-    if which == "gluon_seesaw":
-        from openmla.ops.dense_decode.gluon_seesaw_kernel import (
-            _dense_decode_gluon_seesaw_kernel as fn)
-    else:
-        from openmla.ops.dense_decode.gluon_kernel import _dense_decode_gluon_kernel as fn
+    from openmla.ops.dense_decode.gluon_kernel import _dense_decode_gluon_kernel as fn
 
     def desc(shape):
         layout = gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
@@ -93,13 +89,12 @@ for line in request_loops(k.asm["ttgir"]):
 """
 
 
-@pytest.mark.parametrize("kernel,loops", [("pointer", 1), ("tma", 1), ("sparse", 1), ("gluon", 3),
-                                          ("gluon_seesaw", 3)])
+@pytest.mark.parametrize("kernel,loops", [("pointer", 1), ("tma", 1), ("sparse", 1), ("gluon", 3)])
 def test_request_loops_carry_line_pos(kernel, loops):
     pytest.importorskip("triton")
     from openmla.device import GLUON_TRITON, gluon_available
 
-    if kernel.startswith("gluon") and not gluon_available():
+    if kernel == "gluon" and not gluon_available():
         pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
     env = dict(os.environ, PYTHONPATH=SRC)
     env.pop("TRITON_INTERPRET", None)

@@ -363,10 +363,10 @@ def test_gluon_op_fake_shapes():
 
 
 _COMPILE_PROGRAM = r"""
-import re, sys
+import re
 from openmla.ops.sparse_decode.gluon_launch import compile_sm90
 from openmla.testing.sm90 import ptxas_report
-k = compile_sm90(variant=sys.argv[1] if len(sys.argv) > 1 else None)
+k = compile_sm90()
 ptx = k.asm["ptx"]
 rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
@@ -380,7 +380,7 @@ MAX_SCALAR_SPILL_BYTES = 128
 MAX_SMEM_BYTES = 232448  # Hopper: 227 KiB of dynamic shared memory per block
 
 
-def _compile_report(variant=None):
+def _compile_report():
     """wgmma count, ptxas spill bytes and shared memory of the split kernel for sm_90, compiled
     in a fresh interpreter (no GPU, no interpreter mode)."""
     import os
@@ -395,8 +395,8 @@ def _compile_report(variant=None):
         pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     env.pop("TRITON_INTERPRET", None)  # compiled in a fresh interpreter, outside the interpreter
-    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM] + ([variant] if variant else []),
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM], capture_output=True, text=True,
+                         env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     return dict(line.split() for line in res.stdout.splitlines() if line.strip())
 
@@ -408,37 +408,6 @@ def test_gluon_kernel_compiles_for_sm90():
     assert int(got["wgmma"]) > 0
     assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
     assert int(got["smem"]) <= MAX_SMEM_BYTES, got
-
-
-# The pipelined producer keeps tile t+1's gathered words and the tile t being converted live
-# together: ptxas spills ~372 B of its loop (register pressure of the producer at 136
-# registers), above the default's allowance. A bound, so that it cannot silently get worse;
-# the GPU decides whether the variant is worth the registers (docs/sparse_decode.md).
-MAX_VARIANT_SPILL_BYTES = {"pipelined": 384, "pipelined-parts2": 384}
-
-
-@pytest.mark.parametrize("variant", sorted(MAX_VARIANT_SPILL_BYTES))
-def test_gluon_variant_compiles_for_sm90(variant):
-    """Each memory-bound variant (OPENMLA_SPARSE_GLUON_VARIANT) compiles for sm_90: wgmma,
-    within Hopper's shared memory, spills within its bound."""
-    from openmla.ops.sparse_decode.gluon_launch import GLUON_VARIANTS
-
-    assert set(MAX_VARIANT_SPILL_BYTES) == set(GLUON_VARIANTS)
-    got = _compile_report(variant)
-    assert int(got["wgmma"]) > 0
-    assert 0 <= int(got["spill"]) <= MAX_VARIANT_SPILL_BYTES[variant], got
-    assert int(got["smem"]) <= MAX_SMEM_BYTES, got
-
-
-def test_gluon_variant_names(monkeypatch):
-    """Unset / "default" is the default launch; an unknown name is refused with the names."""
-    from openmla.ops.sparse_decode import gluon_launch as gll
-
-    assert gll.gluon_variant(None) is None and gll.gluon_variant("default") is None
-    assert gll.gluon_variant("pipelined").pipelined
-    assert gll.num_parts_for(16, 1, 132, gll.gluon_variant("pipelined-parts2").parts_mult) == 264
-    with pytest.raises(ValueError, match="pipelined"):
-        gll.gluon_variant("nope")
 
 
 # (b, s_q, h_q, s_k, topk, pbs, topk_length, all_invalid)
@@ -487,46 +456,6 @@ def test_gluon_kernel_vs_reference_gpu(shape, gluon_backend, poisoned_outputs):
     out2, lse2 = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
                                                 tile_scheduler_metadata=meta)
     assert torch.equal(out, out2) and torch.equal(lse, lse2)
-
-
-# (b, s_q, h_q, s_k, topk, pbs, topk_length, all_invalid): h_q 16 / 64 / 128, s_q 1 / 2,
-# topk 2048 and 100, with topk_length (incl. 0) and out-of-range indices
-GLUON_VARIANT_GPU_CASES = [
-    (b, s_q, h_q, s_k, topk, pbs, tl, False)
-    for h_q in (16, 64, 128)
-    for s_q in (1, 2)
-    for (b, s_k, topk, pbs, tl) in ((3, 2046, 2048, 64, True), (6, 300, 100, 64, True))
-] + [(4, 1, 16, 512, 64, 2, False, True)]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["pipelined", "pipelined-parts2"])
-@pytest.mark.parametrize("shape", GLUON_VARIANT_GPU_CASES)
-def test_gluon_variant_vs_reference_gpu(shape, variant, gluon_backend, poisoned_outputs,
-                                        monkeypatch):
-    """A memory-bound variant (OPENMLA_SPARSE_GLUON_VARIANT) against the float32 reference,
-    as ``test_gluon_kernel_vs_reference_gpu``; the pipelined producer writes the same bf16
-    tiles as the default one, so the output is also bitwise the default launch's when the
-    variant keeps the default's parts."""
-    case = _gluon_case(shape, seed=sum(shape[:6]) + 1)
-    if shape[6]:
-        case["topk_length"][0] = 0
-    if shape[4] >= 3:
-        num_tokens = case["k_cache"].shape[0] * case["k_cache"].shape[1]
-        case["indices"][0, 0, :3] = torch.tensor([num_tokens, 2**31 - 1, -7], dtype=torch.int32)
-    monkeypatch.setenv("OPENMLA_SPARSE_GLUON_VARIANT", variant)
-    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                              tile_scheduler_metadata=_meta())
-    torch.cuda.synchronize()
-    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
-    tol = TOLERANCES["sparse_decode"]
-    assert_close("out", out, r_out.to(BF16), tol["out"])
-    assert_close("lse", lse, r_lse, tol["lse"])
-    monkeypatch.delenv("OPENMLA_SPARSE_GLUON_VARIANT")
-    want = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                          tile_scheduler_metadata=_meta())
-    if variant == "pipelined":
-        assert torch.equal(out, want[0]) and torch.equal(lse, want[1])
 
 
 @pytest.mark.gpu

@@ -3,7 +3,6 @@ kernel → combine, each a torch.library op. No host synchronisation anywhere.""
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -22,9 +21,6 @@ GLUON_STAGES = 2  # key-tile ring depth: Q (72 KiB) + 2 x K (72 KiB) + P fill 22
 GLUON_PV_REGS = 208  # registers a thread of the PV warpgroup keeps (its 64x256 fp32 accumulator: 128)
 GLUON_LOAD_WARPS = 1  # warps of the TMA-issuing partition (4 is the variant to compare)
 GLUON_LOAD_REGS = 24  # the TMA-issuing warp needs few; 128 x (256 + 208 + 24) fits the 64K register file
-# OPENMLA_DENSE_GLUON_VARIANT=seesaw: the softmax-overlapping schedule (gluon_seesaw_kernel.py),
-# not yet run on a GPU; unset (the default), the validated kernel of gluon_kernel.py
-GLUON_VARIANT_ENV = "OPENMLA_DENSE_GLUON_VARIANT"
 
 
 def _schedule(sched, cache_seqlens: torch.Tensor, num_parts: int):
@@ -174,26 +170,17 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
                                softmax_scale, causal, head_dim_v, stages, progress=None,
-                               load_warps=GLUON_LOAD_WARPS, variant=None):
-    """Gluon split kernel and combine for one call (the ``openmla::dense_decode_gluon`` op).
-
-    ``variant``: None (default: ``OPENMLA_DENSE_GLUON_VARIANT``, unset for the validated kernel
-    of ``gluon_kernel.py``) or ``"seesaw"`` (``gluon_seesaw_kernel.py``: a key tile's softmax
-    overlapped with the previous tile's P·V; at least 2 key stages). Same arguments, schedule,
-    outputs and fallback either way.
+                               load_warps=GLUON_LOAD_WARPS):
+    """Gluon split kernel (``gluon_kernel.py``) and combine for one call (the
+    ``openmla::dense_decode_gluon`` op).
 
     ``progress`` (debugging only): an int32 tensor of ``grid_ctas * 3 * 4`` elements in memory the
     host can read while the kernel runs (pinned host memory); each partition of each CTA writes
     its request, tile and message counters and the wait it enters (see ``_trace``)."""
     from triton.experimental.gluon import language as gl
 
-    if variant is None:
-        variant = os.environ.get(GLUON_VARIANT_ENV)
-    if variant == "seesaw":
-        from .gluon_seesaw_kernel import _dense_decode_gluon_seesaw_kernel as kernel
-        stages = max(stages, 2)
-    else:
-        from .gluon_kernel import _dense_decode_gluon_kernel as kernel
+    from .gluon_kernel import _dense_decode_gluon_kernel
+
     b, s_q, h_q, d = q.shape
     num_pages, page_size, _, _ = k_cache.shape
     rows = s_q * h_q
@@ -212,7 +199,7 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     k2 = k_cache.view(num_pages * page_size, d)
 
     grid = (-(-rows // GLUON_BLOCK_H), 1, num_parts)
-    kernel[grid](
+    _dense_decode_gluon_kernel[grid](
         tma_descriptor(q2, [GLUON_BLOCK_H, half], gdt),
         tma_descriptor(q2, [GLUON_BLOCK_H, d_rope], gdt),
         tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),

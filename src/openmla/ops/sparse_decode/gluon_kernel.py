@@ -370,7 +370,7 @@ def _sparse_decode_gluon_kernel(
     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, OVERHEAD: gl.constexpr,
     META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-    PRODUCER_WARPS: gl.constexpr, PIPELINED_PRODUCER: gl.constexpr = False,
+    PRODUCER_WARPS: gl.constexpr,
 ):
     dtype: gl.constexpr = gl.bfloat16
     k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_HALF], dtype)
@@ -400,208 +400,21 @@ def _sparse_decode_gluon_kernel(
         mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
     fence_async_shared()
 
-    if PIPELINED_PRODUCER:  # the memory-bound variant (gluon_launch.GLUON_VARIANTS)
-        gl.warp_specialize([
-            (_softmax_partition, (q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready,
-                                  k_free, p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr,
-                                  num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
-                                  scale_log2, h_q, topk, stride_ob, stride_ot, stride_oh,
-                                  stride_lb, stride_lt, stride_lh, stride_oa_piece, stride_oa_t,
-                                  stride_oa_h, stride_la_piece, stride_la_t, D_HALF, BLOCK_H,
-                                  BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES)),
-            (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
-                             meta_ptr, num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk, stride_ob,
-                             stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
-                             D_HALF, BLOCK_H, BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, STAGES)),
-            (_pipelined_producer_partition,
-             (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free,
-              k_ready, k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr,
-              s_q, h_q, topk, num_tokens, stride_kp, stride_ib,
-              stride_it, D_HALF, BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD,
-              META_COLS, HAS_TOPK_LEN, STAGES, PRODUCER_WARPS)),
-        ], [4, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS])
-    else:
-        gl.warp_specialize([
-            (_softmax_partition, (q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready,
-                                  k_free, p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr,
-                                  num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
-                                  scale_log2, h_q, topk, stride_ob, stride_ot, stride_oh,
-                                  stride_lb, stride_lt, stride_lh, stride_oa_piece, stride_oa_t,
-                                  stride_oa_h, stride_la_piece, stride_la_t, D_HALF, BLOCK_H,
-                                  BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES)),
-            (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
-                             meta_ptr, num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk, stride_ob,
-                             stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
-                             D_HALF, BLOCK_H, BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, STAGES)),
-            (_producer_partition, (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free,
-                                   k_ready, k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr,
-                                   s_q, h_q, topk, num_tokens, stride_kp, stride_ib,
-                                   stride_it, D_HALF, BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD,
-                                   META_COLS, HAS_TOPK_LEN, STAGES, PRODUCER_WARPS)),
-        ], [4, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS])
-
-
-# --- memory-bound variant of the producer (gluon_launch.GLUON_VARIANTS) --------------------------
-
-# fp8 e4m3 x4 (one int32) × scale → four bf16, the same roundings as ``_dequant_store``:
-# e4m3 → f16 (exact) → f32 (exact), one f32 product rounded to nearest, → bf16 rounded to nearest
-_DEQUANT4_ASM = gl.constexpr("""{
-.reg .b16 lo, hi, a0, a1, a2, a3;
-.reg .b32 h01, h23, p01, p23;
-.reg .f32 f0, f1, f2, f3;
-mov.b32 {lo, hi}, $4;
-cvt.rn.f16x2.e4m3x2 h01, lo;
-cvt.rn.f16x2.e4m3x2 h23, hi;
-mov.b32 {a0, a1}, h01;
-mov.b32 {a2, a3}, h23;
-cvt.f32.f16 f0, a0;
-cvt.f32.f16 f1, a1;
-cvt.f32.f16 f2, a2;
-cvt.f32.f16 f3, a3;
-mul.rn.f32 f0, f0, $5;
-mul.rn.f32 f1, f1, $5;
-mul.rn.f32 f2, f2, $5;
-mul.rn.f32 f3, f3, $5;
-cvt.rn.bf16x2.f32 p01, f1, f0;
-cvt.rn.bf16x2.f32 p23, f3, f2;
-mov.b32 {$0, $1}, p01;
-mov.b32 {$2, $3}, p23;
-}""")
-
-
-@gluon.jit
-def _dequant_store_packed(raw, scale, dst):
-    """``raw [BLOCK_N, GROUP // 4]`` int32 words of fp8 e4m3 bytes (byte j of word w: column
-    4w + j) × per-row ``scale`` → bf16 ``[BLOCK_N, GROUP]`` into ``dst``."""
-    sc, raw = gl.broadcast(gl.expand_dims(scale, 1), raw)
-    b0, b1, b2, b3 = gl.inline_asm_elementwise(_DEQUANT4_ASM, "=h,=h,=h,=h,r,f", [raw, sc],
-                                               dtype=(gl.int16, gl.int16, gl.int16, gl.int16),
-                                               is_pure=True, pack=1)
-    x = gl.join(gl.join(b0, b2), gl.join(b1, b3))  # [n, w, k, i] = byte 2k + i of word w
-    x = gl.reshape(x, [raw.shape[0], 4 * raw.shape[1]])
-    dst.store(x.to(gl.bfloat16, bitcast=True))
-
-
-@gluon.jit
-def _unpack_bf16_store(words, dst):
-    """``words [R, C // 2]`` int32 (two bf16 each, the lower one first) → bf16 ``[R, C]``."""
-    lo = (words & 0xFFFF).to(gl.int16)
-    hi = (words >> 16).to(gl.int16)
-    x = gl.reshape(gl.join(lo, hi), [words.shape[0], 2 * words.shape[1]])
-    dst.store(x.to(gl.bfloat16, bitcast=True))
-
-
-@gluon.jit
-def _row_pointers(k_ptr, idx, in_range, num_tokens, stride_kp, PAGE_SIZE: gl.constexpr):
-    """Validity and first byte of the token rows that ``idx`` names (invalid rows point at
-    token 0 and are never dereferenced)."""
-    valid = in_range & (idx >= 0) & (idx < num_tokens)
-    p_tok = gl.where(valid, idx, 0).to(gl.int64)
-    page = p_tok // PAGE_SIZE
-    return valid, k_ptr + page * stride_kp + (p_tok - page * PAGE_SIZE) * TOKEN_BYTES
-
-
-@gluon.jit
-def _pipelined_producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free,
-                                  k_ready, k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q,
-                                  h_q, topk, num_tokens, stride_kp, stride_ib, stride_it,
-                                  D_HALF: gl.constexpr, BLOCK_H: gl.constexpr,
-                                  BLOCK_N: gl.constexpr, PAGE_SIZE: gl.constexpr,
-                                  OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
-                                  HAS_TOPK_LEN: gl.constexpr, STAGES: gl.constexpr,
-                                  WARPS: gl.constexpr):
-    """Producer of the memory-bound variant (``PIPELINED_PRODUCER``): the ring protocol and
-    the bf16 tiles of ``_producer_partition``, but the gathers of tile t+1 are issued while
-    tile t is converted, piece by piece: each piece of tile t (RoPE, then the four 128-byte
-    scale groups) is written to the ring and its registers are refilled at once by the loads of
-    the same piece of tile t+1. The next tile's bytes are thus in flight during the whole
-    conversion (and the wait for a free ring slot), not only after it, with about the
-    registers of one tile. The gathered bytes are kept as int32 words (16 bytes a thread, as
-    in the default producer) because the loop carries them. A request's first tile is
-    gathered before its loop."""
-    # one thread: 4 words = 16 consecutive bytes of a row; 8 threads span 128 bytes
-    word_l: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [WARPS, 1], [1, 0])
-    row_l: gl.constexpr = gl.SliceLayout(1, word_l)
-    WORDS: gl.constexpr = GROUP // 4  # int32 words of a 128-byte scale group
-    R_WORDS: gl.constexpr = kr_s.shape[2] // 2  # int32 words of the RoPE part (bf16 pairs)
-
-    pid_h = gl.program_id(0)
-    tok = gl.program_id(1)
-    pid_part = gl.program_id(2)
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
-    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
-    offs_n = gl.arange(0, BLOCK_N, layout=row_l)
-    cols = gl.expand_dims(gl.arange(0, WORDS, layout=gl.SliceLayout(0, word_l)), 0)
-    rcols = gl.expand_dims(gl.arange(0, R_WORDS, layout=gl.SliceLayout(0, word_l)), 0)
-    it = 0
-    rq = 0
-    r = begin_req
-    while r <= end_req:  # while loops: see _producer_partition
-        length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
-                                                     part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
-        q_row = (r * s_q + tok) * h_q + pid_h * BLOCK_H
-        mbarrier.wait(q_free, (rq & 1) ^ 1)
-        mbarrier.expect(q_ready, q_bytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
-        tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
-        tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
-        idx_row = idx_ptr + r.to(gl.int64) * stride_ib + tok * stride_it
-        # the request's first tile (nothing is loaded when the part holds no tile of it)
-        slots = t_lo * BLOCK_N + offs_n
-        idx = gl.load(idx_row + slots, mask=slots < length, other=-1)
-        valid, tok_ptr = _row_pointers(k_ptr, idx, (slots < length) & (t_lo < t_hi),
-                                       num_tokens, stride_kp, PAGE_SIZE)
-        w_ptr = gl.expand_dims(tok_ptr.to(gl.pointer_type(gl.int32)), 1)
-        vmask = gl.expand_dims(valid, 1)
-        sc_ptr = (tok_ptr + SCALE_OFFSET).to(gl.pointer_type(gl.float32))
-        raw0 = gl.load(w_ptr + cols, mask=vmask, other=0)
-        raw1 = gl.load(w_ptr + (WORDS + cols), mask=vmask, other=0)
-        raw2 = gl.load(w_ptr + (2 * WORDS + cols), mask=vmask, other=0)
-        raw3 = gl.load(w_ptr + (3 * WORDS + cols), mask=vmask, other=0)
-        sc0 = gl.load(sc_ptr, mask=valid, other=0.0)
-        sc1 = gl.load(sc_ptr + 1, mask=valid, other=0.0)
-        sc2 = gl.load(sc_ptr + 2, mask=valid, other=0.0)
-        sc3 = gl.load(sc_ptr + 3, mask=valid, other=0.0)
-        rope = gl.load(w_ptr + (ROPE_OFFSET // 4 + rcols), mask=vmask, other=0)
-        slots = slots + BLOCK_N
-        idx_next = gl.load(idx_row + slots, mask=slots < length, other=-1)
-        t = t_lo
-        while t < t_hi:
-            s = it % STAGES
-            # rows of tile t+1 (all invalid after the part's last tile: nothing is loaded)
-            n_slots = (t + 1) * BLOCK_N + offs_n
-            n_valid, n_tok = _row_pointers(k_ptr, idx_next, (n_slots < length) & (t + 1 < t_hi),
-                                           num_tokens, stride_kp, PAGE_SIZE)
-            n_w = gl.expand_dims(n_tok.to(gl.pointer_type(gl.int32)), 1)
-            n_vmask = gl.expand_dims(n_valid, 1)
-            n_sc = (n_tok + SCALE_OFFSET).to(gl.pointer_type(gl.float32))
-            idx_next = gl.load(idx_row + n_slots + BLOCK_N, mask=n_slots + BLOCK_N < length,
-                               other=-1)
-            mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
-            k0 = k_s.index(2 * s)
-            k1 = k_s.index(2 * s + 1)
-            # each piece of tile t to the ring, then its registers refilled from tile t+1
-            _unpack_bf16_store(rope, kr_s.index(s))
-            rope = gl.load(n_w + (ROPE_OFFSET // 4 + rcols), mask=n_vmask, other=0)
-            _dequant_store_packed(raw0, sc0, k0.slice(0, GROUP, dim=1))
-            raw0 = gl.load(n_w + cols, mask=n_vmask, other=0)
-            sc0 = gl.load(n_sc, mask=n_valid, other=0.0)
-            _dequant_store_packed(raw1, sc1, k0.slice(GROUP, GROUP, dim=1))
-            raw1 = gl.load(n_w + (WORDS + cols), mask=n_vmask, other=0)
-            sc1 = gl.load(n_sc + 1, mask=n_valid, other=0.0)
-            _dequant_store_packed(raw2, sc2, k1.slice(0, GROUP, dim=1))
-            raw2 = gl.load(n_w + (2 * WORDS + cols), mask=n_vmask, other=0)
-            sc2 = gl.load(n_sc + 2, mask=n_valid, other=0.0)
-            _dequant_store_packed(raw3, sc3, k1.slice(GROUP, GROUP, dim=1))
-            raw3 = gl.load(n_w + (3 * WORDS + cols), mask=n_vmask, other=0)
-            sc3 = gl.load(n_sc + 3, mask=n_valid, other=0.0)
-            v_s.index(s).store(valid.to(gl.int32))
-            fence_async_shared()
-            mbarrier.arrive(k_ready.index(s), count=1)
-            valid = n_valid
-            it += 1
-            t += 1
-        line_pos += OVERHEAD + n_sched
-        rq += 1
-        r += 1
+    gl.warp_specialize([
+        (_softmax_partition, (q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready,
+                              k_free, p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr,
+                              num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+                              scale_log2, h_q, topk, stride_ob, stride_ot, stride_oh,
+                              stride_lb, stride_lt, stride_lh, stride_oa_piece, stride_oa_t,
+                              stride_oa_h, stride_la_piece, stride_la_t, D_HALF, BLOCK_H,
+                              BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES)),
+        (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
+                         meta_ptr, num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk, stride_ob,
+                         stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
+                         D_HALF, BLOCK_H, BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, STAGES)),
+        (_producer_partition, (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free,
+                               k_ready, k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q,
+                               topk, num_tokens, stride_kp, stride_ib, stride_it, D_HALF,
+                               BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD, META_COLS, HAS_TOPK_LEN,
+                               STAGES, PRODUCER_WARPS)),
+    ], [4, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS])

@@ -4,8 +4,6 @@ no host synchronisation. Calls the kernel cannot take go to the portable launche
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import dataclass
 
 import torch
 
@@ -33,49 +31,6 @@ GLUON_PRODUCER_WARPS = 4  # the gather + dequantization warpgroup
 GLUON_PV_REGS = 160
 GLUON_PRODUCER_REGS = 136
 
-# --- memory-bound variants (small h_q): chosen with OPENMLA_SPARSE_GLUON_VARIANT=<name> ---------
-VARIANT_ENV = "OPENMLA_SPARSE_GLUON_VARIANT"
-
-
-@dataclass(frozen=True)
-class GluonVariant:
-    """Launch settings of a variant of the split kernel. ``pipelined``: the producer gathers
-    tile t+1 while it converts tile t (``gluon_kernel._pipelined_producer_partition``);
-    ``parts_mult``: split-KV parts = ``num_parts_for`` × this (more, shorter CTAs)."""
-
-    pipelined: bool = False
-    producer_warps: int = GLUON_PRODUCER_WARPS
-    pv_regs: int = GLUON_PV_REGS
-    producer_regs: int = GLUON_PRODUCER_REGS
-    stages: int = GLUON_STAGES
-    parts_mult: int = 1
-
-
-# Not yet run on a GPU (docs/sparse_decode.md, "Memory-bound producer variant"). 8 producer
-# warps make 16 warps: 128 registers a thread outside setmaxnreg, and the three partitions must
-# share 64K registers (softmax 128 x 208 + PV 128 x 160 + producer 256 x 72).
-GLUON_VARIANTS = {
-    "pipelined": GluonVariant(pipelined=True),
-    "pipelined-parts2": GluonVariant(pipelined=True, parts_mult=2),
-}
-
-
-def gluon_variant(name: str | None) -> GluonVariant | None:
-    """The variant called ``name`` (None or "" / "default": the default launch)."""
-    if not name or name == "default":
-        return None
-    try:
-        return GLUON_VARIANTS[name]
-    except KeyError:
-        raise ValueError(f"{VARIANT_ENV}: expected one of {sorted(GLUON_VARIANTS)} or 'default', "
-                         f"got {name!r}") from None
-
-
-def _variant_constexprs(v: GluonVariant) -> dict:
-    return dict(STAGES=v.stages, PV_REGS=v.pv_regs, PRODUCER_REGS=v.producer_regs,
-                PRODUCER_WARPS=v.producer_warps, PIPELINED_PRODUCER=v.pipelined)
-
-
 def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int,
              extra_k_cache: torch.Tensor | None) -> bool:
     """Whether the Gluon kernel takes this call: V3.2 layout (d_qk 576), bf16 q, 512 value
@@ -85,11 +40,10 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int,
             and k_cache.shape[0] * k_cache.shape[1] > 0)
 
 
-def num_parts_for(h_q: int, s_q: int, num_sms: int, mult: int = 1) -> int:
-    """Split-KV parts: (head tiles × s_q × parts) CTAs fill the SMs once (``mult`` times with
-    a variant's multiplier)."""
+def num_parts_for(h_q: int, s_q: int, num_sms: int) -> int:
+    """Split-KV parts: (head tiles × s_q × parts) CTAs fill the SMs once."""
     head_tiles = -(-h_q // GLUON_BLOCK_H)
-    return max(num_sms // (s_q * head_tiles), 1) * mult
+    return max(num_sms // (s_q * head_tiles), 1)
 
 
 def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.Tensor,
@@ -109,12 +63,7 @@ def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.T
     from . import gluon_library  # noqa: F401  (registers openmla::sparse_decode_gluon)
 
     b, s_q, h_q, _ = q.shape
-    variant = os.environ.get(VARIANT_ENV) or None
-    v = gluon_variant(variant)
-    if v is None:
-        variant = None  # the default launch, exactly
-    num_parts = num_parts_for(h_q, s_q, device_info(q.device).num_sms,
-                              1 if v is None else v.parts_mult)
+    num_parts = num_parts_for(h_q, s_q, device_info(q.device).num_sms)
     meta = num_splits = None
     if sched is not None and sched.tile_scheduler_metadata is not None:
         meta, num_splits = sched.tile_scheduler_metadata, sched.num_splits
@@ -125,25 +74,18 @@ def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.T
         meta, num_splits = _library.ops.decode_schedule(lengths, num_parts)
         if sched is not None:
             sched.tile_scheduler_metadata, sched.num_splits = meta, num_splits
-    if variant is None:
-        out, lse = torch.ops.openmla.sparse_decode_gluon(q, k_cache, indices, meta, num_splits,
-                                                         softmax_scale, head_dim_v, attn_sink,
-                                                         topk_length, stages)
-    else:
-        out, lse = torch.ops.openmla.sparse_decode_gluon(q, k_cache, indices, meta, num_splits,
-                                                         softmax_scale, head_dim_v, attn_sink,
-                                                         topk_length, stages, variant)
+    out, lse = torch.ops.openmla.sparse_decode_gluon(q, k_cache, indices, meta, num_splits,
+                                                     softmax_scale, head_dim_v, attn_sink,
+                                                     topk_length, stages)
     return out, lse.transpose(1, 2)
 
 
 def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_scale,
                                 head_dim_v, attn_sink, topk_length, stages,
                                 pv_regs=GLUON_PV_REGS, producer_regs=GLUON_PRODUCER_REGS,
-                                combine=True, variant=None):
+                                combine=True):
     """Gluon split kernel and combine for one call (the ``openmla::sparse_decode_gluon`` op).
-    ``pv_regs`` / ``producer_regs`` / ``combine=False`` are for benchmarks only; ``variant``
-    (a ``GLUON_VARIANTS`` name) replaces ``stages`` and the register split by the variant's
-    (its parts multiplier is the caller's: ``meta`` fixes the parts).
+    ``pv_regs`` / ``producer_regs`` / ``combine=False`` are for benchmarks only.
 
     Returns ``out [b, s_q, h_q, 512]`` bf16 and ``lse [b, s_q, h_q]`` float32, both
     contiguous (the public lse is the ``[b, h_q, s_q]`` transposed view)."""
@@ -160,11 +102,6 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     q2 = q.contiguous().view(b * s_q * h_q, d_qk)  # rows: request, token, head
 
     grid = (-(-h_q // GLUON_BLOCK_H), s_q, num_parts)
-    v = gluon_variant(variant)
-    launch = dict(STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
-                  PRODUCER_WARPS=GLUON_PRODUCER_WARPS)
-    if v is not None:
-        launch = _variant_constexprs(v)
     _sparse_decode_gluon_kernel[grid](
         tma_descriptor(q2, [GLUON_BLOCK_H, half], gl.bfloat16),
         tma_descriptor(q2, [GLUON_BLOCK_H, d_rope], gl.bfloat16),
@@ -179,8 +116,9 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         lse_acc.stride(0), lse_acc.stride(1),
         PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
         BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
-        HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None, **launch,
-        num_warps=4)
+        HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
+        STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
+        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, num_warps=4)
     if combine:
         decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
     return out, lse
@@ -190,7 +128,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
 
 def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool = True,
                  stages: int = GLUON_STAGES, pv_regs: int = GLUON_PV_REGS,
-                 producer_regs: int = GLUON_PRODUCER_REGS, variant: str | None = None):
+                 producer_regs: int = GLUON_PRODUCER_REGS):
     """The split kernel compiled for Hopper (sm_90) with 16-divisible pointers and strides, as
     a launch at production shapes specialises it. Must run without TRITON_INTERPRET."""
     import triton
@@ -212,10 +150,7 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=GLUON_BLOCK_H,
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink, STAGES=stages, PV_REGS=pv_regs,
-              PRODUCER_REGS=producer_regs, PRODUCER_WARPS=GLUON_PRODUCER_WARPS,
-              PIPELINED_PRODUCER=False)
-    if variant is not None:  # a memory-bound variant: its own launch settings
-        ce.update(_variant_constexprs(gluon_variant(variant)))
+              PRODUCER_REGS=producer_regs, PRODUCER_WARPS=GLUON_PRODUCER_WARPS)
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in ce:

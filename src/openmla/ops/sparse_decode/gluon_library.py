@@ -11,22 +11,21 @@ from ..._library import NAMESPACE, _impl, _lib
 _lib.define(
     "sparse_decode_gluon(Tensor q, Tensor k_cache, Tensor indices, Tensor sched_meta, "
     "Tensor num_splits, float softmax_scale, int head_dim_v, Tensor? attn_sink, "
-    "Tensor? topk_length, int stages, str? variant=None) -> (Tensor, Tensor)")
+    "Tensor? topk_length, int stages) -> (Tensor, Tensor)")
 
 
 @_impl("sparse_decode_gluon")
 def _sparse_decode_gluon(q, k_cache, indices, sched_meta, num_splits, softmax_scale, head_dim_v,
-                         attn_sink, topk_length, stages, variant=None):
+                         attn_sink, topk_length, stages):
     from .gluon_launch import sparse_decode_gluon_kernels
 
     return sparse_decode_gluon_kernels(q, k_cache, indices, sched_meta, num_splits,
-                                       softmax_scale, head_dim_v, attn_sink, topk_length, stages,
-                                       variant=variant)
+                                       softmax_scale, head_dim_v, attn_sink, topk_length, stages)
 
 
 @torch.library.register_fake(f"{NAMESPACE}::sparse_decode_gluon")
 def _sparse_decode_gluon_fake(q, k_cache, indices, sched_meta, num_splits, softmax_scale,
-                              head_dim_v, attn_sink, topk_length, stages, variant=None):
+                              head_dim_v, attn_sink, topk_length, stages):
     b, s_q, h_q, _ = q.shape
     return (q.new_empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16),
             q.new_empty(b, s_q, h_q, dtype=torch.float32))
