@@ -1,9 +1,7 @@
 """Dense MHA varlen prefill, forward and backward (SPEC §1.6, §2.5)."""
-import os
-
 import torch
 
-from ...device import interpreting, triton_available
+from ...device import gluon_available, interpreting, triton_available
 from ...dispatch import register
 from .ref import mha_prefill_bwd_ref, mha_prefill_fwd_ref
 
@@ -24,21 +22,21 @@ def run_reference_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, 
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-GLUON_FORWARD_ENV = "OPENMLA_MHA_GLUON_FORWARD"  # "1": the Hopper Gluon forward (opt-in)
-
-
 def run_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
-    if os.environ.get(GLUON_FORWARD_ENV) == "1":
-        # opt-in Hopper forward (gluon_kernel.py); same out / lse layout, so the backward below
-        # (the portable kernels) takes its results unchanged
-        from .gluon_launch import gluon_forward_ok, mha_prefill_fwd_gluon
-
-        if softmax_scale > 0 and gluon_forward_ok(q, k, v):  # the kernel assumes scale > 0
-            return mha_prefill_fwd_gluon(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale,
-                                         causal)
     from .launch import mha_prefill_fwd_triton  # imports triton only when a kernel runs
 
     return mha_prefill_fwd_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+
+
+def run_gluon(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
+    """The Hopper forward (``gluon_kernel.py``); a call it cannot take (a non-positive scale: the
+    kernel scales the row max of the raw scores) goes to the portable forward. Both write the
+    same out / lse layout, which the portable backward reads."""
+    from .gluon_launch import gluon_forward_ok, mha_prefill_fwd_gluon
+
+    if softmax_scale > 0 and gluon_forward_ok(q, k, v):
+        return mha_prefill_fwd_gluon(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+    return run_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
 
 
 def run_triton_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
@@ -47,6 +45,18 @@ def run_triton_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, sof
 
     return mha_prefill_bwd_triton(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                                   softmax_scale, causal)
+
+
+GLUON_DIMS = ((192, 128), (128, 128))  # (d_qk, d_v) the Gluon forward is built for
+
+
+def gluon_supports(info, problem) -> bool:
+    """Hopper with Triton's Gluon: the forward runs the Gluon kernel for head dims (192, 128) and
+    (128, 128) in bf16 / fp16; the backward is the portable one."""
+    if not (info.is_hopper and not interpreting() and gluon_available() and triton_available()):
+        return False
+    return ((problem.get("d_qk", 0), problem.get("d_v", 0)) in GLUON_DIMS
+            and problem.get("dtype", torch.bfloat16) in TRITON_DTYPES)
 
 
 def triton_supports(info, problem) -> bool:
@@ -63,3 +73,4 @@ def triton_supports(info, problem) -> bool:
 register("mha_prefill", "reference", run_reference, lambda info, problem: True,
          backward=run_reference_backward)
 register("mha_prefill", "triton", run_triton, triton_supports, backward=run_triton_backward)
+register("mha_prefill", "gluon", run_gluon, gluon_supports, backward=run_triton_backward)
