@@ -6,7 +6,8 @@ causal and not, 16 and 128 heads, head dims (192, 128) and (128, 128). Under 4 m
 2. in a subprocess with a 60 s watchdog (a hang cannot take this run down): the first launches,
    and correctness against the float32 reference at odd lengths, varlen with empty sequences,
    s_k < s_q and s_k > s_q, GQA, with NaN-filled output buffers;
-3. timings (openmla.testing.bench.time_fn): Gluon (each --tiles variant) vs Triton vs SDPA;
+3. timings (openmla.testing.bench.time_fn): Gluon (each --tiles variant, persistent grid and
+   one CTA per work item) vs Triton vs SDPA;
    compact table last.
 
     PYTHONPATH=src python benchmarks/mha_gluon_forward.py [--tiles 128x2 64x3] [--quick]
@@ -27,7 +28,8 @@ from openmla.testing.compare import nan_filled_outputs
 nan_filled_outputs().__enter__()  # every output element the kernel fails to write stays NaN
 cases = [((1,), (1,), 4, 4), ((63,), (63,), 4, 4), ((113,), (113,), 4, 2), ((1023,), (1023,), 8, 1),
          ((4097,), (4097,), 4, 4), ((0, 300, 1, 0, 777), (5, 300, 0, 0, 900), 8, 4),
-         ((700, 33), (300, 20), 8, 1), ((300, 129), (1000, 500), 16, 2)]
+         ((700, 33), (300, 20), 8, 1), ((300, 129), (1000, 500), 16, 2),
+         ((1000, 3000, 17, 0, 2048), (900, 3100, 40, 5, 2000), 16, 4)]
 worst, bad = 0.0, 0
 for dims in ((192, 128), (128, 128)):
     for lq, lk, hq, hkv in cases:
@@ -37,17 +39,20 @@ for dims in ((192, 128), (128, 128)):
             q, k, v = mk(sum(lq), hq, dims[0]), mk(sum(lk), hkv, dims[0]), mk(sum(lk), hkv, dims[1])
             cu = lambda ls: torch.tensor([0] + torch.tensor(ls).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
             assert gluon_forward_ok(q, k, v)
-            out, lse = mha_prefill_fwd_gluon(q, k, v, cu(lq), cu(lk), dims[0] ** -0.5, causal)
-            torch.cuda.synchronize()
             r_out, r_lse = mha_prefill_fwd_ref(q, k, v, cu(lq), cu(lk), dims[0] ** -0.5, causal)
-            err = (out.float() - r_out).abs().max().item()
-            lse_ok = torch.equal(torch.isinf(lse), torch.isinf(r_lse)) and (
-                (lse - r_lse)[~torch.isinf(r_lse)].abs().max().item() < 1e-2 if r_lse.isfinite().any() else True)
-            ok = err < 2e-2 and lse_ok and not out.isnan().any().item()
-            worst = max(worst, err)
-            bad += not ok
-            if not ok:
-                print(f"  FAIL dims={dims} lq={lq} lk={lk} h={hq}/{hkv} causal={causal}: out err {err:.3g} lse_ok {lse_ok}", flush=True)
+            for persistent in (False, True):
+                out, lse = mha_prefill_fwd_gluon(q, k, v, cu(lq), cu(lk), dims[0] ** -0.5, causal,
+                                                 persistent=persistent)
+                torch.cuda.synchronize()
+                err = (out.float() - r_out).abs().max().item()
+                lse_ok = torch.equal(torch.isinf(lse), torch.isinf(r_lse)) and (
+                    (lse - r_lse)[~torch.isinf(r_lse)].abs().max().item() < 1e-2 if r_lse.isfinite().any() else True)
+                ok = err < 2e-2 and lse_ok and not out.isnan().any().item()
+                worst = max(worst, err)
+                bad += not ok
+                print(f"  {'ok' if ok else 'FAIL'} dims={dims} lq={lq} h={hq}/{hkv} causal={causal} persistent={persistent} err {err:.3g}", flush=True)
+                if not ok:
+                    print(f"  FAIL dims={dims} lq={lq} lk={lk} h={hq}/{hkv} causal={causal} persistent={persistent}: out err {err:.3g} lse_ok {lse_ok}", flush=True)
 print(f"correctness: {bad} failing cases, worst out abs err {worst:.3g}", flush=True)
 sys.exit(1 if bad else 0)
 """
@@ -59,6 +64,8 @@ def main() -> int:
                     help="Gluon (block_n x stages) variants to time; default: the configured one")
     ap.add_argument("--heads", nargs="*", type=int, default=[16, 128])
     ap.add_argument("--quick", action="store_true", help="skip the correctness subprocess")
+    ap.add_argument("--watchdog", type=float, default=240.0,
+                    help="seconds the correctness subprocess may take (a hang is reported)")
     args = ap.parse_args()
     from openmla.ops.mha_prefill import gluon_launch
     from openmla.ops.mha_prefill.launch import mha_prefill_fwd_triton
@@ -73,14 +80,16 @@ def main() -> int:
         env = dict(os.environ)
         env.pop("TRITON_INTERPRET", None)
         try:
-            res = subprocess.run([sys.executable, "-c", CHECK], env=env, timeout=60,
+            res = subprocess.run([sys.executable, "-c", CHECK], env=env, timeout=args.watchdog,
                                  capture_output=True, text=True)
             print(res.stdout[-4000:], res.stderr[-3000:] if res.returncode else "", flush=True)
             if res.returncode:
                 print("first launch / correctness FAILED: no timings", flush=True)
                 return 1
-        except subprocess.TimeoutExpired:
-            print("first launch did not finish in 60 s (hang?): no timings", flush=True)
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            print(out[-4000:])
+            print(f"the check did not finish in {args.watchdog} s (hang?): no timings", flush=True)
             return 1
 
     n, L = 4, 4096
@@ -100,10 +109,11 @@ def main() -> int:
                 scale = d ** -0.5
                 fns = {}
                 for bn, st in tiles:
-                    def gl_fwd(bn=bn, st=st, causal=causal):
-                        return gluon_launch._library.ops.mha_prefill_fwd_gluon(
-                            q, k, v, cu, cu, scale, causal, bn, st)[0]
-                    fns[f"gluon{bn}x{st}"] = gl_fwd
+                    for persist in (True, False):
+                        def gl_fwd(bn=bn, st=st, causal=causal, persist=persist):
+                            return gluon_launch._library.ops.mha_prefill_fwd_gluon(
+                                q, k, v, cu, cu, scale, causal, bn, st, persist)[0]
+                        fns[f"gl{bn}x{st}{'-pers' if persist else '-item'}"] = gl_fwd
 
                 def tr_fwd(causal=causal):
                     return mha_prefill_fwd_triton(q, k, v, cu, cu, scale, causal)[0]

@@ -372,6 +372,18 @@ def test_gluon_forward_compiles_for_sm90(dims, causal):
     assert rep["spill"] == 0, rep
 
 
+def test_gluon_grid_choice_is_a_pure_function_of_shapes():
+    """Persistent grid only for causal launches of at most PERSISTENT_MAX_ROUNDS items per SM."""
+    from openmla.ops.mha_prefill.gluon_launch import PERSISTENT_MAX_ROUNDS, use_persistent
+
+    assert use_persistent(4 * 4096, 4, 16, True, 132)  # 2112 items: 16 rounds
+    assert not use_persistent(4 * 4096, 4, 128, True, 132)  # 128 rounds
+    assert not use_persistent(4 * 4096, 4, 16, False, 132)
+    items = PERSISTENT_MAX_ROUNDS * 132
+    assert use_persistent((items - 1) * 128, 1, 1, True, 132)
+    assert not use_persistent(items * 128, 1, 1, True, 132)
+
+
 def test_gluon_forward_op_fake_and_gating():
     """The op's fake gives the forward's shapes; where the Gluon forward cannot run (here: the
     interpreter, no Hopper GPU) the backend's forward is the portable one, bit for bit."""
@@ -384,7 +396,7 @@ def test_gluon_forward_op_fake_and_gating():
         k = torch.empty(50, 2, 192, dtype=BF16)
         v = torch.empty(50, 2, 128, dtype=BF16)
         cu = torch.empty(3, dtype=torch.int32)
-        out, lse = _library.ops.mha_prefill_fwd_gluon(q, k, v, cu, cu, 0.1, True, 128, 2)
+        out, lse = _library.ops.mha_prefill_fwd_gluon(q, k, v, cu, cu, 0.1, True, 128, 2, True)
         assert out.shape == (37, 8, 128) and out.dtype == BF16
         assert lse.shape == (8, 37) and lse.dtype == torch.float32
     if DEV == "cpu":
@@ -405,6 +417,9 @@ GLUON_CASES = [
     ((700, 33), (300, 20), 8, 1, True),  # s_k < s_q: lonely causal rows; GQA 8
     ((300, 129), (1000, 500), 16, 2, True),  # s_k > s_q
     ((1000,), (1000,), 16, 16, True),
+    # more work items than SMs: a persistent CTA walks several items (ring, Q and tail phases)
+    ((1000, 3000, 17, 0, 2048), (1000, 3000, 17, 0, 2048), 16, 4, True),
+    ((1000, 3000, 17, 0, 2048), (900, 3100, 40, 5, 2000), 16, 4, False),
 ]
 
 
@@ -439,9 +454,10 @@ def _fwd_in_input_precision(q, k, v, cu_q, cu_k, scale, causal):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per-item"])
 @pytest.mark.parametrize("dims", [(192, 128), (128, 128)])
 @pytest.mark.parametrize("case", GLUON_CASES)
-def test_gluon_forward_vs_reference_gpu(case, dims, poisoned_outputs):
+def test_gluon_forward_vs_reference_gpu(case, dims, persistent, poisoned_outputs):
     """The kernel alone on unit-variance data. lse to the float32 reference at the op's
     tolerance; out by FlashAttention's rule (max error at most twice that of PyTorch with P in
     bf16, plus the cosine bound): on such data bf16 rounding of P alone moves single elements
@@ -453,7 +469,7 @@ def test_gluon_forward_vs_reference_gpu(case, dims, poisoned_outputs):
     if not gluon_forward_ok(q, k, v):
         pytest.skip("needs a Hopper GPU and Triton's Gluon")
     scale = dims[0] ** -0.5
-    out, lse = mha_prefill_fwd_gluon(q, k, v, cu_q, cu_k, scale, causal)
+    out, lse = mha_prefill_fwd_gluon(q, k, v, cu_q, cu_k, scale, causal, persistent=persistent)
     assert out.dtype == BF16 and out.shape == (q.shape[0], h_q, dims[1]) and out.is_contiguous()
     assert lse.dtype == torch.float32 and lse.stride() == (1, q.shape[0])
     r_out, r_lse = mha_prefill_fwd_ref(q, k, v, cu_q, cu_k, scale, causal)

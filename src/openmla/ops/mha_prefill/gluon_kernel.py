@@ -4,7 +4,10 @@ Same contract as the portable forward (``kernel.py``): the flat grid of virtual 
 query heads, bottom-right causal masking, out ``[total_q, h_q, d_v]`` and the head-major lse
 buffer ``[h_q, total_q]`` (natural log; rows with no visible key: out 0, lse -inf).
 
-A CTA owns BLOCK_M = 128 query rows of one head, split over three partitions:
+A work item is BLOCK_M = 128 query rows of one head. A CTA takes one item, or with a
+persistent grid walks items pid, pid + G, ... (``_program``); the ring of key tiles and the
+barrier phases run on across its items, and the next item's Q loads as soon as both consumers
+have issued their last Q·Kᵀ of the current one. A CTA has three partitions:
 
 * load (1 warp): TMA copies of the CTA's Q (once, two 64-row halves) and of each key tile's K
   (head dim as DA + DB columns, 192 = 128 + 64) and V into rings of STAGES buffers. K and V have
@@ -45,13 +48,20 @@ WG1 = gl.constexpr(1)
 
 
 @gluon.jit
-def _program(cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M: gl.constexpr,
+def _program(item, n_items, cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M: gl.constexpr,
              BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
-    """This CTA's head, sequence bounds, first local row m0 and key tile count (identical in
-    every partition; 0 tiles for an idle block past its sequence)."""
-    pid = gl.program_id(0)
-    head = pid // n_vblocks
-    blk = n_vblocks - 1 - pid % n_vblocks  # long causal blocks of a sequence start first
+    """Work item ``item``'s head, sequence bounds, first local row m0 and key tile count
+    (identical in every partition; 0 tiles for an idle block past its sequence).
+
+    A CTA takes items pid, pid + G, pid + 2G, ... (G CTAs). Every other full round of G items is
+    walked backwards, so a CTA that drew a long causal block in one round draws a short one in
+    the next (with one CTA per item, G = n_items: the identity)."""
+    g = gl.num_programs(0)
+    rnd = item // g
+    if (rnd % 2 == 1) & ((rnd + 1) * g <= n_items):
+        item = rnd * g + (g - 1 - item % g)
+    head = item // n_vblocks
+    blk = n_vblocks - 1 - item % n_vblocks  # long causal blocks of a sequence start first
     # the sequence owning virtual block blk: the largest n with cu_q[n] // BLOCK_M + n <= blk
     lo = n_seqs * 0
     hi = n_seqs - 1
@@ -77,44 +87,54 @@ def _program(cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M: gl.constexpr,
 
 @gluon.jit
 def _load_partition(qa_desc, qb_desc, ka_desc, kb_desc, v_desc, qa_s, qb_s, ka_s, kb_s, v_s,
-                    q_ready, k_ready, k_free, v_ready, v_free,
-                    cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, group,
+                    q_ready, q_free, k_ready, k_free, v_ready, v_free,
+                    cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, n_items, group,
                     D_QK: gl.constexpr, D_V: gl.constexpr, DA: gl.constexpr, DB: gl.constexpr,
                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                     CAUSAL: gl.constexpr):
-    head, q_start, s_q, m0, k_start, s_k, n_tiles = _program(cu_q_ptr, cu_k_ptr, n_seqs,
-                                                             n_vblocks, BLOCK_M, BLOCK_N, CAUSAL)
     HALF: gl.constexpr = BLOCK_M // 2
-    kv_head = head // group
-    q_row = q_start + m0
     if DB > 0:
         q_bytes: gl.constexpr = 2 * (qa_desc.block_type.nbytes + qb_desc.block_type.nbytes)
         k_bytes: gl.constexpr = ka_desc.block_type.nbytes + kb_desc.block_type.nbytes
     else:
         q_bytes: gl.constexpr = 2 * qa_desc.block_type.nbytes
         k_bytes: gl.constexpr = ka_desc.block_type.nbytes
-    mbarrier.expect(q_ready, q_bytes)
-    for w in gl.static_range(2):
-        tma.async_copy_global_to_shared(qa_desc, [q_row + w * HALF, head * D_QK], q_ready,
-                                        qa_s.index(w))
-        if DB > 0:
-            tma.async_copy_global_to_shared(qb_desc, [q_row + w * HALF, head * D_QK + DA],
-                                            q_ready, qb_s.index(w))
-    for j in range(n_tiles):
-        s = j % STAGES
-        phase = ((j // STAGES) & 1) ^ 1
-        k_row = k_start + j * BLOCK_N
-        mbarrier.wait(k_free.index(s), phase)
-        mbarrier.expect(k_ready.index(s), k_bytes)
-        tma.async_copy_global_to_shared(ka_desc, [k_row, kv_head * D_QK], k_ready.index(s),
-                                        ka_s.index(s))
-        if DB > 0:
-            tma.async_copy_global_to_shared(kb_desc, [k_row, kv_head * D_QK + DA],
-                                            k_ready.index(s), kb_s.index(s))
-        mbarrier.wait(v_free.index(s), phase)
-        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [k_row, kv_head * D_V], v_ready.index(s),
-                                        v_s.index(s))
+    t = 0  # key tiles loaded so far by this CTA: the ring slot and phase run on across items
+    qc = 0  # items with key tiles so far: the phase of q_ready / q_free
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        head, q_start, s_q, m0, k_start, s_k, n_tiles = _program(
+            item, n_items, cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M, BLOCK_N, CAUSAL)
+        if n_tiles > 0:
+            kv_head = head // group
+            q_row = q_start + m0
+            # the previous item's last Q·Kᵀ is done in both consumers: Q may be overwritten
+            # while they finish that item (its last P·V and the stores)
+            mbarrier.wait(q_free, (qc & 1) ^ 1)
+            mbarrier.expect(q_ready, q_bytes)
+            for w in gl.static_range(2):
+                tma.async_copy_global_to_shared(qa_desc, [q_row + w * HALF, head * D_QK],
+                                                q_ready, qa_s.index(w))
+                if DB > 0:
+                    tma.async_copy_global_to_shared(qb_desc,
+                                                    [q_row + w * HALF, head * D_QK + DA],
+                                                    q_ready, qb_s.index(w))
+            qc += 1
+            for j in range(n_tiles):
+                s = t % STAGES
+                phase = ((t // STAGES) & 1) ^ 1
+                k_row = k_start + j * BLOCK_N
+                mbarrier.wait(k_free.index(s), phase)
+                mbarrier.expect(k_ready.index(s), k_bytes)
+                tma.async_copy_global_to_shared(ka_desc, [k_row, kv_head * D_QK],
+                                                k_ready.index(s), ka_s.index(s))
+                if DB > 0:
+                    tma.async_copy_global_to_shared(kb_desc, [k_row, kv_head * D_QK + DA],
+                                                    k_ready.index(s), kb_s.index(s))
+                mbarrier.wait(v_free.index(s), phase)
+                mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(v_desc, [k_row, kv_head * D_V],
+                                                v_ready.index(s), v_s.index(s))
+                t += 1
 
 
 @gluon.jit
@@ -149,11 +169,11 @@ def _softmax(sc, m_i, l_i, key0, n_full, s_k, row_last, offs_n, scale_log2,
 
 
 @gluon.jit
-def _await_v(v_s, v_ready, v_fix, s, phase, key0, s_k, WG: gl.constexpr, BLOCK_N: gl.constexpr,
-             D_V: gl.constexpr):
-    """Wait for the V tile in stage s. On the (at most one per CTA) tile that crosses the
+def _await_v(v_s, v_ready, v_fix, s, phase, fix_phase, key0, s_k, WG: gl.constexpr,
+             BLOCK_N: gl.constexpr, D_V: gl.constexpr):
+    """Wait for the V tile in stage s. On the (at most one per item) tile that crosses the
     sequence end, each warpgroup zeroes half of the rows past the end, and both meet at v_fix
-    before either reads the tile."""
+    (phase ``fix_phase``) before either reads the tile."""
     mbarrier.wait(v_ready.index(s), phase)
     if key0 + BLOCK_N > s_k:
         CHUNK: gl.constexpr = 16
@@ -167,13 +187,13 @@ def _await_v(v_s, v_ready, v_fix, s, phase, key0, s_k, WG: gl.constexpr, BLOCK_N
             part.store(gl.where(keep, part.load(zl), 0.0))
         fence_async_shared()
         mbarrier.arrive(v_fix, count=1)
-        mbarrier.wait(v_fix, 0)
+        mbarrier.wait(v_fix, fix_phase)
 
 
 @gluon.jit
-def _consumer_partition(qa_s, qb_s, ka_s, kb_s, v_s, q_ready, k_ready, k_free, v_ready, v_free,
-                        v_fix, cu_q_ptr, cu_k_ptr, out_ptr, lse_ptr, scale_log2, n_seqs,
-                        n_vblocks, stride_ot, stride_oh, stride_lt, stride_lh,
+def _consumer_partition(qa_s, qb_s, ka_s, kb_s, v_s, q_ready, q_free, k_ready, k_free, v_ready,
+                        v_free, v_fix, cu_q_ptr, cu_k_ptr, out_ptr, lse_ptr, scale_log2, n_seqs,
+                        n_vblocks, n_items, stride_ot, stride_oh, stride_lt, stride_lh,
                         WG: gl.constexpr, DB: gl.constexpr, D_V: gl.constexpr,
                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                         CAUSAL: gl.constexpr):
@@ -188,75 +208,93 @@ def _consumer_partition(qa_s, qb_s, ka_s, kb_s, v_s, q_ready, k_ready, k_free, v
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
     dtype: gl.constexpr = v_s.dtype
-
-    head, q_start, s_q, m0, k_start, s_k, n_tiles = _program(cu_q_ptr, cu_k_ptr, n_seqs,
-                                                             n_vblocks, BLOCK_M, BLOCK_N, CAUSAL)
-    r0 = m0 + WG * HALF  # first local row of this warpgroup
-    diag = s_k - s_q  # row i sees keys j <= i + diag
-    if CAUSAL:
-        n_full = gl.minimum(s_k, gl.maximum(r0 + diag + 1, 0)) // BLOCK_N * BLOCK_N
-    else:
-        n_full = s_k // BLOCK_N * BLOCK_N
-    row_last = r0 + gl.arange(0, HALF, layout=row_s) + diag
-    offs_n = gl.arange(0, BLOCK_N, layout=col_s)
     qa = qa_s.index(WG)
     qb = qb_s.index(WG)
 
-    m_i = gl.full([HALF], MAX_SENTINEL, gl.float32, layout=row_s)
-    l_i = gl.zeros([HALF], gl.float32, layout=row_s)
-    acc = gl.zeros([HALF, D_V], gl.float32, layout=o_layout)
-    p16 = gl.zeros([HALF, BLOCK_N], dtype, layout=p_layout)
-    mbarrier.wait(q_ready, 0)
-    if n_tiles > 0:
-        # prologue: scores and P of tile 0
-        sc = _scores(qa, qb, ka_s, kb_s, k_ready, 0, 0, s_layout, HALF, BLOCK_N, DB)
-        sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-        mbarrier.arrive(k_free.index(0), count=1)
-        p, alpha, m_i, l_i = _softmax(sc, m_i, l_i, 0, n_full, s_k, row_last, offs_n,
-                                      scale_log2, CAUSAL)
-        p16 = gl.convert_layout(p.to(dtype), p_layout)
-    for j in range(1, n_tiles):
-        s = j % STAGES
-        phase = (j // STAGES) & 1
-        sp = (j - 1) % STAGES
-        pphase = ((j - 1) // STAGES) & 1
-        # S_j = Q·K_jᵀ, then O += P_{j-1}·V_{j-1}; the softmax of tile j overlaps the latter
-        sc = _scores(qa, qb, ka_s, kb_s, k_ready, s, phase, s_layout, HALF, BLOCK_N, DB)
-        _await_v(v_s, v_ready, v_fix, sp, pphase, (j - 1) * BLOCK_N, s_k, WG, BLOCK_N, D_V)
-        acc = warpgroup_mma(p16, v_s.index(sp), acc, is_async=True)
-        sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))
-        mbarrier.arrive(k_free.index(s), count=1)
-        p, alpha, m_i, l_i = _softmax(sc, m_i, l_i, j * BLOCK_N, n_full, s_k, row_last, offs_n,
-                                      scale_log2, CAUSAL)
-        acc, p16 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p16))
-        mbarrier.arrive(v_free.index(sp), count=1)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-        p16 = gl.convert_layout(p.to(dtype), p_layout)
-    if n_tiles > 0:
-        # epilogue: P·V of the last tile
-        sl = (n_tiles - 1) % STAGES
-        _await_v(v_s, v_ready, v_fix, sl, ((n_tiles - 1) // STAGES) & 1,
-                 (n_tiles - 1) * BLOCK_N, s_k, WG, BLOCK_N, D_V)
-        acc = warpgroup_mma(p16, v_s.index(sl), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(v_free.index(sl), count=1)
+    t = 0  # key tiles consumed so far by this CTA (the loader's count: same ring slots, phases)
+    qc = 0  # items with key tiles so far (q_ready phase)
+    fc = 0  # tiles crossing a sequence end so far (v_fix phase)
+    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+        head, q_start, s_q, m0, k_start, s_k, n_tiles = _program(
+            item, n_items, cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M, BLOCK_N, CAUSAL)
+        r0 = m0 + WG * HALF  # first local row of this warpgroup
+        diag = s_k - s_q  # row i sees keys j <= i + diag
+        if CAUSAL:
+            n_full = gl.minimum(s_k, gl.maximum(r0 + diag + 1, 0)) // BLOCK_N * BLOCK_N
+        else:
+            n_full = s_k // BLOCK_N * BLOCK_N
+        row_last = r0 + gl.arange(0, HALF, layout=row_s) + diag
+        offs_n = gl.arange(0, BLOCK_N, layout=col_s)
 
-    # normalise and store this warpgroup's 64 rows (masked: rows past the sequence end belong to
-    # the next sequence or to no one)
-    l_o = gl.convert_layout(l_i, row_o)
-    m_o = gl.convert_layout(m_i, row_o)
-    has_keys = l_o > 0.0
-    safe_l = gl.where(has_keys, l_o, 1.0)
-    o = acc / gl.expand_dims(safe_l, 1)
-    rows = r0 + gl.arange(0, HALF, layout=row_o)
-    mask_r = rows < s_q
-    tok = (q_start + rows).to(gl.int64)
-    offs_d = gl.arange(0, D_V, layout=col_o)
-    ptrs = (out_ptr + head * stride_oh + gl.expand_dims(tok * stride_ot, 1)
-            + gl.expand_dims(offs_d, 0))
-    gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(mask_r, 1))
-    lse = gl.where(has_keys, (m_o + gl.log2(safe_l)) * LN2, float("-inf"))
-    gl.store(lse_ptr + head * stride_lh + tok * stride_lt, lse, mask=mask_r)
+        m_i = gl.full([HALF], MAX_SENTINEL, gl.float32, layout=row_s)
+        l_i = gl.zeros([HALF], gl.float32, layout=row_s)
+        acc = gl.zeros([HALF, D_V], gl.float32, layout=o_layout)
+        if n_tiles > 0:
+            fix_phase = fc & 1
+            mbarrier.wait(q_ready, qc & 1)
+            # prologue: scores and P of tile 0
+            s0 = t % STAGES
+            sc = _scores(qa, qb, ka_s, kb_s, k_ready, s0, (t // STAGES) & 1, s_layout, HALF,
+                         BLOCK_N, DB)
+            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+            mbarrier.arrive(k_free.index(s0), count=1)
+            p, alpha, m_i, l_i = _softmax(sc, m_i, l_i, 0, n_full, s_k, row_last, offs_n,
+                                          scale_log2, CAUSAL)
+            p16 = gl.convert_layout(p.to(dtype), p_layout)
+            for j in range(1, n_tiles):
+                tj = t + j
+                s = tj % STAGES
+                phase = (tj // STAGES) & 1
+                sp = (tj - 1) % STAGES
+                pphase = ((tj - 1) // STAGES) & 1
+                # S_j = Q·K_jᵀ, then O += P_{j-1}·V_{j-1}; the softmax of tile j overlaps
+                # the latter
+                sc = _scores(qa, qb, ka_s, kb_s, k_ready, s, phase, s_layout, HALF, BLOCK_N, DB)
+                _await_v(v_s, v_ready, v_fix, sp, pphase, fix_phase, (j - 1) * BLOCK_N, s_k,
+                         WG, BLOCK_N, D_V)
+                acc = warpgroup_mma(p16, v_s.index(sp), acc, is_async=True)
+                sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))
+                mbarrier.arrive(k_free.index(s), count=1)
+                p, alpha, m_i, l_i = _softmax(sc, m_i, l_i, j * BLOCK_N, n_full, s_k, row_last,
+                                              offs_n, scale_log2, CAUSAL)
+                acc, p16 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p16))
+                mbarrier.arrive(v_free.index(sp), count=1)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+                p16 = gl.convert_layout(p.to(dtype), p_layout)
+            # every Q·Kᵀ of the item is done: the loader may bring the next item's Q
+            mbarrier.arrive(q_free, count=1)
+            # epilogue: P·V of the last tile
+            tl_ = t + n_tiles - 1
+            sl = tl_ % STAGES
+            _await_v(v_s, v_ready, v_fix, sl, (tl_ // STAGES) & 1, fix_phase,
+                     (n_tiles - 1) * BLOCK_N, s_k, WG, BLOCK_N, D_V)
+            acc = warpgroup_mma(p16, v_s.index(sl), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(v_free.index(sl), count=1)
+            t += n_tiles
+            qc += 1
+            fc += (n_tiles * BLOCK_N > s_k).to(gl.int32)
+
+        # normalise and store this warpgroup's 64 rows (masked: rows past the sequence end
+        # belong to the next sequence or to no one); the item's bounds are read again rather
+        # than held in registers through the key loop
+        head, q_start, s_q, m0, k_start, s_k, n_tiles = _program(
+            item, n_items, cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M, BLOCK_N, CAUSAL)
+        r0 = m0 + WG * HALF
+        l_o = gl.convert_layout(l_i, row_o)
+        m_o = gl.convert_layout(m_i, row_o)
+        has_keys = l_o > 0.0
+        safe_l = gl.where(has_keys, l_o, 1.0)
+        o = acc / gl.expand_dims(safe_l, 1)
+        rows = r0 + gl.arange(0, HALF, layout=row_o)
+        mask_r = rows < s_q
+        tok = (q_start + rows).to(gl.int64)
+        offs_d = gl.arange(0, D_V, layout=col_o)
+        ptrs = (out_ptr + head * stride_oh + gl.expand_dims(tok * stride_ot, 1)
+                + gl.expand_dims(offs_d, 0))
+        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(mask_r, 1))
+        lse = gl.where(has_keys, (m_o + gl.log2(safe_l)) * LN2, float("-inf"))
+        gl.store(lse_ptr + head * stride_lh + tok * stride_lt, lse, mask=mask_r)
 
 
 @gluon.jit
@@ -264,7 +302,7 @@ def _mha_fwd_gluon_kernel(
     qa_desc, qb_desc, ka_desc, kb_desc, v_desc,
     cu_q_ptr, cu_k_ptr, out_ptr, lse_ptr,
     scale_log2,  # softmax_scale * log2(e)
-    n_seqs, n_vblocks, group,  # group = h_q // h_kv
+    n_seqs, n_vblocks, n_items, group,  # n_items = n_vblocks * h_q; group = h_q // h_kv
     stride_ot, stride_oh,  # out [total_q, h_q, D_V]
     stride_lt, stride_lh,  # lse [total_q, h_q] (a view of a [h_q, total_q] buffer)
     D_QK: gl.constexpr, D_V: gl.constexpr, DA: gl.constexpr, DB: gl.constexpr,
@@ -283,12 +321,14 @@ def _mha_fwd_gluon_kernel(
         kb_s = ka_s
     v_s = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D_V], v_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     v_fix = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_ready, count=1)
+    mbarrier.init(q_free, count=2)  # both consumers are done with the item's Q
     mbarrier.init(v_fix, count=2)  # both consumers fix their half of the tail V tile
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
@@ -298,16 +338,18 @@ def _mha_fwd_gluon_kernel(
     fence_async_shared()
 
     gl.warp_specialize([
-        (_consumer_partition, (qa_s, qb_s, ka_s, kb_s, v_s, q_ready, k_ready, k_free, v_ready,
-                               v_free, v_fix, cu_q_ptr, cu_k_ptr, out_ptr, lse_ptr, scale_log2,
-                               n_seqs, n_vblocks, stride_ot, stride_oh, stride_lt, stride_lh,
+        (_consumer_partition, (qa_s, qb_s, ka_s, kb_s, v_s, q_ready, q_free, k_ready, k_free,
+                               v_ready, v_free, v_fix, cu_q_ptr, cu_k_ptr, out_ptr, lse_ptr,
+                               scale_log2, n_seqs, n_vblocks, n_items, stride_ot, stride_oh,
+                               stride_lt, stride_lh,
                                WG0, DB, D_V, BLOCK_M, BLOCK_N, STAGES, CAUSAL)),
-        (_consumer_partition, (qa_s, qb_s, ka_s, kb_s, v_s, q_ready, k_ready, k_free, v_ready,
-                               v_free, v_fix, cu_q_ptr, cu_k_ptr, out_ptr, lse_ptr, scale_log2,
-                               n_seqs, n_vblocks, stride_ot, stride_oh, stride_lt, stride_lh,
+        (_consumer_partition, (qa_s, qb_s, ka_s, kb_s, v_s, q_ready, q_free, k_ready, k_free,
+                               v_ready, v_free, v_fix, cu_q_ptr, cu_k_ptr, out_ptr, lse_ptr,
+                               scale_log2, n_seqs, n_vblocks, n_items, stride_ot, stride_oh,
+                               stride_lt, stride_lh,
                                WG1, DB, D_V, BLOCK_M, BLOCK_N, STAGES, CAUSAL)),
         (_load_partition, (qa_desc, qb_desc, ka_desc, kb_desc, v_desc, qa_s, qb_s, ka_s, kb_s,
-                           v_s, q_ready, k_ready, k_free, v_ready, v_free, cu_q_ptr, cu_k_ptr,
-                           n_seqs, n_vblocks, group, D_QK, D_V, DA, DB, BLOCK_M, BLOCK_N,
-                           STAGES, CAUSAL)),
+                           v_s, q_ready, q_free, k_ready, k_free, v_ready, v_free, cu_q_ptr,
+                           cu_k_ptr, n_seqs, n_vblocks, n_items, group, D_QK, D_V, DA, DB,
+                           BLOCK_M, BLOCK_N, STAGES, CAUSAL)),
     ], [4, 1], [CONSUMER_REGS, LOAD_REGS])
