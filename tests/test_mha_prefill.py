@@ -372,14 +372,19 @@ def test_gluon_forward_compiles_for_sm90(dims, causal):
     assert rep["spill"] == 0, rep
 
 
-def test_gluon_grid_choice_is_a_pure_function_of_shapes():
-    """Persistent grid only for causal launches of at most PERSISTENT_MAX_ROUNDS items per SM."""
-    from openmla.ops.mha_prefill.gluon_launch import PERSISTENT_MAX_ROUNDS, use_persistent
+def test_gluon_grid_choice_is_a_pure_function_of_shapes(monkeypatch):
+    """One CTA per item by default; with PERSISTENT_MAX_ROUNDS > 0, the persistent grid for
+    causal launches of at most that many items per SM."""
+    from openmla.ops.mha_prefill import gluon_launch
+    from openmla.ops.mha_prefill.gluon_launch import use_persistent
 
+    for causal in (True, False):
+        assert not use_persistent(4 * 4096, 4, 16, causal, 132)
+    monkeypatch.setattr(gluon_launch, "PERSISTENT_MAX_ROUNDS", 32)
     assert use_persistent(4 * 4096, 4, 16, True, 132)  # 2112 items: 16 rounds
     assert not use_persistent(4 * 4096, 4, 128, True, 132)  # 128 rounds
     assert not use_persistent(4 * 4096, 4, 16, False, 132)
-    items = PERSISTENT_MAX_ROUNDS * 132
+    items = 32 * 132
     assert use_persistent((items - 1) * 128, 1, 1, True, 132)
     assert not use_persistent(items * 128, 1, 1, True, 132)
 

@@ -28,11 +28,13 @@ LOAD_REGS = 24  # the TMA warp; 128 x (240 + 240 + 24) fits the 64K register fil
 TMA_ALIGN_BYTES = 16
 # The grid: persistent (one CTA per SM walking the work items, the next item's Q and first keys
 # loading while the current one finishes) for causal launches of at most this many rounds of
-# items per SM, else one CTA per item. Measured on an H100 (4 x 4096 tokens): causal 16 heads
-# (16 rounds) 541 vs 576 us at (192, 128), a tie at (128, 128); with 128 heads (128 rounds) the
-# persistent CTAs drift apart over more heads than L2 holds and lose 5-8 %, as does every
-# non-causal launch (even at best a tie).
-PERSISTENT_MAX_ROUNDS = 32
+# items per SM, else one CTA per item. Measured on an H100: persistent won only on equal-length
+# causal batches with few heads (4 x 4096 tokens, 16 heads, (192, 128): 541 vs 576 us; a tie at
+# (128, 128)); it lost with 128 heads (5-8 %: CTAs drift apart over more heads than L2 holds),
+# on every non-causal launch, and on a mixed-length causal batch (8 x ~2048 tokens, 16 heads:
+# 468.7 vs 420.8 us). Engines prefill mixed lengths, so one CTA per item is the default (0);
+# the persistent grid stays available (``persistent=True``) and tested.
+PERSISTENT_MAX_ROUNDS = 0
 
 
 def use_persistent(total_q: int, n_seqs: int, h_q: int, causal: bool, num_sms: int) -> bool:
