@@ -244,3 +244,18 @@ def test_unaligned_cache_base_is_served(poisoned_outputs):
     tol = TOLERANCES["dense_decode"]
     assert_close("out", out, r_out.to(BF16), tol["out"])
     assert_close("lse", lse, r_lse, tol["lse"])
+
+
+def test_gluon_part_count_divides_the_batch_when_close_to_one_cta_per_sm():
+    """Memory-bound launches (one row tile): whole requests per part when such a count is
+    within EVEN_PARTS_MIN_FRACTION of the SMs; otherwise, and for several row tiles, one CTA
+    per SM."""
+    from openmla.ops.dense_decode.launch import gluon_num_parts
+
+    assert gluon_num_parts(128, 1, 132) == 128  # b=128: one request a part
+    assert gluon_num_parts(64, 1, 132) == 128  # two equal parts a request
+    assert gluon_num_parts(256, 1, 132) == 128  # two requests a part
+    assert gluon_num_parts(100, 1, 132) == 132  # 100 parts would leave too many SMs idle
+    assert gluon_num_parts(200, 1, 132) == 132  # 100 parts (two requests each): too few
+    assert gluon_num_parts(128, 4, 132) == 33  # compute-bound: one CTA per SM
+    assert gluon_num_parts(1, 1, 132) == 132
