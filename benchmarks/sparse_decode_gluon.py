@@ -161,7 +161,7 @@ def _bench_shape(s_q, h_q, table):
             cfg.num_warps, cfg.num_stages))
     except Exception:
         traceback.print_exc()
-    parts = gll.num_parts_for(h_q, s_q, info.num_sms)
+    parts = gll.num_parts_for(h_q, s_q, info.num_sms, q.shape[0])
     meta, splits = _library.ops.decode_schedule(lengths, parts)
     for label, extra in [("gluon split", {})] + VARIANTS:
         try:

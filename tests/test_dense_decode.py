@@ -30,7 +30,8 @@ def triton_backend(monkeypatch):
     monkeypatch.setenv("OPENMLA_BACKEND_DENSE_DECODE", "triton")
 
 
-@pytest.mark.parametrize("b,parts", [(1, 1), (3, 7), (5, 132), (128, 33), (300, 132), (700, 17)])
+@pytest.mark.parametrize("b,parts", [(1, 1), (3, 7), (5, 132), (128, 33), (128, 128), (129, 132),
+                                    (300, 132), (700, 17), (40, 1000)])
 def test_schedule_kernel_matches_reference(b, parts):
     lengths = torch.randint(0, 9000, (b,), dtype=torch.int32, device=DEV)
     lengths[::3] = 0

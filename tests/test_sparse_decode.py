@@ -488,3 +488,16 @@ def test_model1_and_extra_run_the_portable_kernel_gpu(monkeypatch):
             openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
                                            tile_scheduler_metadata=_meta())
         monkeypatch.delenv("OPENMLA_BACKEND_SPARSE_DECODE")
+
+
+def test_gluon_part_count_rounds_to_whole_requests():
+    """(head tiles × s_q × parts) CTAs fill the SMs once, the part count rounded down by at most
+    5% to whole requests a part (b=128 on 132 SMs: 128, 64, 32)."""
+    from openmla.ops.sparse_decode.gluon_launch import num_parts_for
+
+    assert num_parts_for(64, 1, 132) == 132
+    assert num_parts_for(16, 1, 132, 128) == 128
+    assert num_parts_for(128, 1, 132, 128) == 64
+    assert num_parts_for(128, 2, 132, 128) == 32
+    assert num_parts_for(64, 1, 132, 100) == 132
+    assert num_parts_for(64, 1, 132, 1) == 132

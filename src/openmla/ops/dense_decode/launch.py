@@ -11,6 +11,7 @@ from ...device import device_info, interpreting
 from .._gluon_host import tma_descriptor
 from ..combine.launch import decode_combine
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
+from ..schedule.launch import whole_request_parts
 from .config import SCHED_N, pick_config
 from .kernel import _dense_decode_kernel, _dense_decode_tma_kernel
 
@@ -60,18 +61,12 @@ EVEN_PARTS_MIN_FRACTION = 0.95
 
 def gluon_num_parts(b: int, row_tiles: int, num_sms: int) -> int:
     """Split-KV parts of the Gluon launch: one CTA per SM (``num_sms // row_tiles`` parts), or
-    for a single row tile the largest part count of at least EVEN_PARTS_MIN_FRACTION of that
-    which is a multiple or a divisor of the batch size."""
+    for a single row tile the count of whole requests a part within EVEN_PARTS_MIN_FRACTION of
+    that (``schedule.launch.whole_request_parts``)."""
     max_parts = max(num_sms // row_tiles, 1)
-    if row_tiles != 1 or b < 1:
+    if row_tiles != 1:
         return max_parts
-    if b <= max_parts:
-        even = max_parts // b * b  # each request in max_parts // b equal parts
-    else:
-        even = b // -(-b // max_parts)  # ceil(b / max_parts) requests a part, when exact
-        if b % even:
-            even = 0
-    return even if even >= EVEN_PARTS_MIN_FRACTION * max_parts else max_parts
+    return whole_request_parts(b, max_parts, EVEN_PARTS_MIN_FRACTION)
 
 
 def dense_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
