@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU-machine stages, each sized to fit one 10-minute device call (repository root on the device):
-#   bash benchmarks/device_run.sh tier [pytest -k expression]   # GPU test tier (~6 min on an H100)
+#   bash benchmarks/device_run.sh tier [pytest -k expression]   # whole GPU tier (over 10 min on an H100)
+#   bash benchmarks/device_run.sh tier-decode [-k expression]   # its decode half (test_gpu, dense, sparse decode, small files)
+#   bash benchmarks/device_run.sh tier-prefill [-k expression]  # its prefill half (sparse prefill, MHA)
 #   bash benchmarks/device_run.sh sanitize                      # compute-sanitizer over every kernel
 #   bash benchmarks/device_run.sh bench                         # `openmla bench` (+ CSV) and graph times
 # Logs go to $OUT (or ./device-out when OUT is unset).
@@ -12,14 +14,20 @@ stage="${1:-tier}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 case "$stage" in
-  tier)
-    python3 -m pytest -q -m gpu tests -p no:cacheprovider ${2:+-k "$2"} 2>&1 \
-      | tee "$out/pytest-gpu.txt" | grep -v '^\.*\s*\[' | tail -15 ;;
+  tier|tier-decode|tier-prefill)
+    prefill="tests/test_sparse_prefill.py tests/test_mha_prefill.py"
+    case "$stage" in
+      tier) files="tests" ;;
+      tier-prefill) files="$prefill" ;;
+      tier-decode) files=$(ls tests/test_*.py | grep -v -e test_sparse_prefill -e test_mha_prefill) ;;
+    esac
+    python3 -m pytest -q -m gpu $files -p no:cacheprovider ${2:+-k "$2"} 2>&1 \
+      | tee "$out/pytest-$stage.txt" | grep -v '^\.*\s*\[' | tail -15 ;;
   sanitize)
     compute-sanitizer --tool memcheck --print-limit 5 python3 benchmarks/sanitize.py 2>&1 \
       | tee "$out/sanitize.txt" | grep -v '^=========     ' | tail -30 ;;
   bench)
     python3 -m openmla bench --csv "$out/bench.csv" 2>&1 | tee "$out/bench.txt" | tail -32
     python3 benchmarks/graph_times.py 2>&1 | tee "$out/graph.txt" | tail -12 ;;
-  *) echo "unknown stage $stage (tier | sanitize | bench)"; exit 2 ;;
+  *) echo "unknown stage $stage (tier | tier-decode | tier-prefill | sanitize | bench)"; exit 2 ;;
 esac
