@@ -1,10 +1,10 @@
-"""Dense decode at s_q·h_q <= 16 on a Hopper GPU: the default Gluon kernel (64-row tiles) against
+"""Dense decode at s_q·h_q <= 32 on a Hopper GPU: the default Gluon kernel (64-row tiles) against
 the experimental swapped-product kernel (gluon_small_h_kernel.py, OPENMLA_DENSE_GLUON_SMALL_H=1).
 
 1. the swapped kernel's first launches and correctness against the float32 reference in a
    subprocess with a watchdog (a hang is reported, not waited on);
 2. CUDA-graph timing of the public call (a fresh schedule a call, as `openmla bench`) for both,
-   b=128 s_k=8192, h_q 16 and 8, with the copy ceiling of the same run; compact table last.
+   b=128 s_k=8192, h_q 16, 8 and 32, with the copy ceiling of the same run; compact table last.
 
     PYTHONPATH=src python benchmarks/dense_small_h.py
 """
@@ -24,13 +24,15 @@ from openmla.testing.compare import TOLERANCES, compare, nan_filled_outputs
 bad = 0
 for shape in [(4, 1, 16, 700, False, False, False), (3, 2, 8, 300, True, True, False),
               (74, 1, 16, 1500, False, True, True), (2, 1, 8, 64, False, False, False),
-              (5, 4, 4, 2000, True, True, False)]:
+              (5, 4, 4, 2000, True, True, False), (6, 1, 32, 900, False, True, False),
+              (4, 2, 12, 1300, True, True, True)]:
     b, s_q, h_q, s_k, causal, varlen, zero = shape
     case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, varlen=varlen,
                                    zero_seqlens=zero, device="cuda", seed=1)
     with nan_filled_outputs():
+        meta = openmla.get_mla_metadata()[0]
         out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                                  tile_scheduler_metadata=openmla.get_mla_metadata()[0])
+                                                  tile_scheduler_metadata=meta)
     torch.cuda.synchronize()
     r_out, r_lse = dense_decode_ref(**gen.reference_kwargs("dense_decode", case))
     tol = TOLERANCES["dense_decode"]
@@ -65,7 +67,7 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}  copy {ceil.copy_gbps:.0f} GB/s", flush=True)
     os.environ["OPENMLA_BACKEND_DENSE_DECODE"] = "gluon"
     rows = []
-    for h_q in (16, 8):
+    for h_q in (16, 8, 32):
         case = gen.dense_decode_inputs(128, 1, h_q, 8192, device="cuda", seed=0)
         kw = gen.public_kwargs(case)
         nbytes = dense_decode_bytes(128, 1, h_q, 1, 576, 512, [8192] * 128)

@@ -1,20 +1,21 @@
-"""Hopper (sm90) dense MLA decode for at most 16 query rows a request (s_q·h_q ≤ 16), in Gluon:
+"""Hopper (sm90) dense MLA decode for at most 32 query rows a request (s_q·h_q ≤ 32), in Gluon:
 the swapped product. EXPERIMENTAL, opt-in (``OPENMLA_DENSE_GLUON_SMALL_H=1``); compiled for
 sm_90 offline, not yet run on a GPU.
 
 The default kernel (``gluon_kernel.py``) pads the rows to a 64-row wgmma tile, so at h_q = 16
 three quarters of its tensor work is padding; on an H200 that work is nearly as long as the key
-tile's memory time. Here the keys are the MMA's M dimension and the 16 rows its N:
+tile's memory time. Here the keys are the MMA's M dimension and the rows its N (BLOCK_H = 16
+or 32):
 
-* Sᵀ [64 keys, 16 rows] = K·Qᵀ (A = the key tile from shared memory, B = Q permuted);
+* Sᵀ [64 keys, BLOCK_H rows] = K·Qᵀ (A = the key tile from shared memory, B = Q permuted);
 * online softmax over the keys: axis 0, a reduction across the warps of the warpgroup;
-* Oᵀ [512, 16] += Vᵀ·Pᵀ, with Vᵀ the key tile's first 512 columns read transposed from shared
-  memory (MN-major A) and Pᵀ [64, 16] bf16 in shared memory (MN-major B). Each of the two
-  warpgroups owns one 256-wide half of Oᵀ, as in the default kernel.
+* Oᵀ [512, BLOCK_H] += Vᵀ·Pᵀ, with Vᵀ the key tile's first 512 columns read transposed from
+  shared memory (MN-major A) and Pᵀ [64, BLOCK_H] bf16 in shared memory (MN-major B). Each of
+  the two warpgroups owns one 256-wide half of Oᵀ, as in the default kernel.
 
-Same schedule, pieces, loader (``gluon_kernel._load_partition`` with BLOCK_H = 16), V-row zeroing
-past the sequence end and output protocol as the default kernel; rows past s_q·h_q are computed
-on whatever Q rows TMA brings and never stored.
+Same schedule, pieces, loader (``gluon_kernel._load_partition`` with a BLOCK_H-row Q), V-row
+zeroing past the sequence end and output protocol as the default kernel; rows past s_q·h_q are
+computed on whatever Q rows TMA brings and never stored.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl

@@ -22,10 +22,11 @@ GLUON_BLOCK_N = 64  # keys per tile
 GLUON_STAGES = 2  # key-tile ring depth: Q (72 KiB) + 2 x K (72 KiB) + P fill 227 KiB of smem
 GLUON_PV_REGS = 208  # registers a thread of the PV warpgroup keeps (its 64x256 fp32 accumulator: 128)
 GLUON_LOAD_WARPS = 1  # warps of the TMA-issuing partition (4 is the variant to compare)
-# Experimental, opt-in: at most SMALL_H_ROWS rows a request (s_q·h_q) run the swapped-product kernel
-# (gluon_small_h_kernel.py; compiled for sm_90 offline, not yet run on a GPU)
+# Experimental, opt-in: at most SMALL_H_ROWS rows a request (s_q·h_q) run the swapped-product
+# kernel (gluon_small_h_kernel.py; compiled for sm_90 offline, not yet run on a GPU), with the
+# rows as the MMA's N: 16, or 32 above 16 rows
 SMALL_H_ENV = "OPENMLA_DENSE_GLUON_SMALL_H"
-SMALL_H_ROWS = 16
+SMALL_H_ROWS = 32
 SMALL_H_PV_REGS = 208
 GLUON_LOAD_REGS = 24  # the TMA-issuing warp needs few; 128 x (256 + 208 + 24) fits the 64K register file
 
@@ -225,16 +226,17 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     if rows <= SMALL_H_ROWS and os.environ.get(SMALL_H_ENV) == "1" and progress is None:
         from .gluon_small_h_kernel import _dense_decode_gluon_small_h_kernel
 
+        n_rows = 16 if rows <= 16 else 32
         _dense_decode_gluon_small_h_kernel[(1, 1, num_parts)](
-            tma_descriptor(q2, [SMALL_H_ROWS, half], gdt),
-            tma_descriptor(q2, [SMALL_H_ROWS, d_rope], gdt),
+            tma_descriptor(q2, [n_rows, half], gdt),
+            tma_descriptor(q2, [n_rows, d_rope], gdt),
             tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),
             tma_descriptor(k2, [GLUON_BLOCK_N, d_rope], gdt),
             block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
             softmax_scale * LOG2E, s_q, h_q,
             block_table.stride(0),
             *_output_strides(out, lse, o_acc, lse_acc),
-            PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=SMALL_H_ROWS,
+            PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=n_rows,
             BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD,
             META_COLS=META_COLS, CAUSAL=bool(causal) and s_q > 1, STAGES=stages,
             PV_REGS=SMALL_H_PV_REGS, LOAD_REGS=GLUON_LOAD_REGS, num_warps=4)
