@@ -10,7 +10,7 @@ import torch
 from openmla.ops.mha_prefill.gluon_launch import mha_prefill_fwd_gluon
 from openmla.ops.mha_prefill.launch import mha_prefill_fwd_triton
 from openmla.ops.mha_prefill.ref import mha_prefill_fwd_ref
-from openmla.testing.compare import TOLERANCES
+from openmla.testing.compare import TOLERANCES, mha_forward_baseline
 
 TOL = TOLERANCES["mha_prefill"]["out"]
 CASES = [((63,), (63,), 4, 4, True), ((63,), (63,), 4, 4, False), ((1023,), (1023,), 4, 4, True),
@@ -21,26 +21,6 @@ CASES = [((63,), (63,), 4, 4, True), ((63,), (63,), 4, 4, False), ((1023,), (102
 def cu(lens):
     return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32,
                         device="cuda")
-
-
-def baseline(q, k, v, cu_q, cu_k, scale, causal):
-    group = q.shape[1] // k.shape[1]
-    out = torch.zeros(q.shape[0], q.shape[1], v.shape[-1], dtype=q.dtype, device=q.device)
-    for q0, q1, k0, k1 in zip(cu_q.tolist()[:-1], cu_q.tolist()[1:], cu_k.tolist()[:-1],
-                              cu_k.tolist()[1:]):
-        if q1 == q0 or k1 == k0:
-            continue
-        qs = q[q0:q1].transpose(0, 1).float()
-        ks = k[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1).float()
-        vs = v[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
-        sc = qs @ ks.transpose(1, 2) * scale
-        if causal:
-            i = torch.arange(q1 - q0, device=q.device)[:, None]
-            j = torch.arange(k1 - k0, device=q.device)[None, :]
-            sc = sc.masked_fill(j > i + (k1 - k0) - (q1 - q0), float("-inf"))
-        p = torch.softmax(sc, dim=-1).nan_to_num(0.0).to(q.dtype)
-        out[q0:q1] = (p @ vs).transpose(0, 1)
-    return out
 
 
 def stats(out, ref):
@@ -63,7 +43,7 @@ def main():
             ref, _ = mha_prefill_fwd_ref(q, k, v, cu_q, cu_k, scale, causal)
             outs = {"gluon": mha_prefill_fwd_gluon(q, k, v, cu_q, cu_k, scale, causal)[0],
                     "triton": mha_prefill_fwd_triton(q, k, v, cu_q, cu_k, scale, causal)[0],
-                    "torch-p16": baseline(q, k, v, cu_q, cu_k, scale, causal)}
+                    "torch-p16": mha_forward_baseline(q, k, v, cu_q, cu_k, scale, causal)}
             name = f"{lens_q}->{lens_k} h{h_q}/{h_kv} causal={causal}"
             for impl, out in outs.items():
                 err, bad = stats(out, ref)

@@ -16,7 +16,8 @@ from openmla.ops.mha_prefill.config import (DQ_ATOMIC, DQ_FUSED, DQ_TMA, head_di
 from openmla.ops.mha_prefill.ref import mha_prefill_bwd_ref, mha_prefill_fwd_ref
 from openmla.testing import generate as gen
 from openmla.testing import naive
-from openmla.testing.compare import TOLERANCES, assert_close, compare_to_baseline
+from openmla.testing.compare import (TOLERANCES, assert_close, compare_to_baseline,
+                                     mha_forward_baseline)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BF16, FP16 = torch.bfloat16, torch.float16
@@ -436,28 +437,6 @@ def _gluon_case(lens_q, lens_k, h_q, h_kv, d, dv, seed):
     return q, k, v, _cu(lens_q), _cu(lens_k)
 
 
-def _fwd_in_input_precision(q, k, v, cu_q, cu_k, scale, causal):
-    """out of plain PyTorch attention in the inputs' dtype: scores and softmax in float32, P
-    rounded to the input dtype before P·V (FlashAttention's test baseline)."""
-    group = q.shape[1] // k.shape[1]
-    out = torch.zeros(q.shape[0], q.shape[1], v.shape[-1], dtype=q.dtype, device=q.device)
-    bounds = zip(cu_q.tolist()[:-1], cu_q.tolist()[1:], cu_k.tolist()[:-1], cu_k.tolist()[1:])
-    for q0, q1, k0, k1 in bounds:
-        if q1 == q0 or k1 == k0:
-            continue
-        qs = q[q0:q1].transpose(0, 1)
-        ks = k[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
-        vs = v[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
-        sc = torch.matmul(qs.float(), ks.float().transpose(1, 2)) * scale
-        if causal:  # bottom-right aligned
-            i = torch.arange(q1 - q0, device=q.device)[:, None]
-            j = torch.arange(k1 - k0, device=q.device)[None, :]
-            sc = sc.masked_fill(j > i + (k1 - k0) - (q1 - q0), float("-inf"))
-        p = torch.softmax(sc, dim=-1).nan_to_num(0.0).to(q.dtype)
-        out[q0:q1] = torch.matmul(p, vs).transpose(0, 1)
-    return out
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per-item"])
 @pytest.mark.parametrize("dims", [(192, 128), (128, 128)])
@@ -478,7 +457,7 @@ def test_gluon_forward_vs_reference_gpu(case, dims, persistent, poisoned_outputs
     assert out.dtype == BF16 and out.shape == (q.shape[0], h_q, dims[1]) and out.is_contiguous()
     assert lse.dtype == torch.float32 and lse.stride() == (1, q.shape[0])
     r_out, r_lse = mha_prefill_fwd_ref(q, k, v, cu_q, cu_k, scale, causal)
-    base = _fwd_in_input_precision(q, k, v, cu_q, cu_k, scale, causal)
+    base = mha_forward_baseline(q, k, v, cu_q, cu_k, scale, causal)
     why = compare_to_baseline(out, r_out, base, TOL["out"].cos_diff_tol)
     assert why is None, f"out: {why}"
     assert_close("lse", lse, r_lse, TOL["lse"])

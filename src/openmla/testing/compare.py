@@ -93,6 +93,33 @@ def compare_to_baseline(ans: torch.Tensor, ref: torch.Tensor, baseline: torch.Te
     return compare(ans, ref, Tol(float("inf"), float("inf"), cos_diff_tol))
 
 
+def mha_forward_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, scale: float,
+                         causal: bool) -> torch.Tensor:
+    """``out`` of plain PyTorch varlen attention in the inputs' dtype, the ``baseline`` of
+    ``compare_to_baseline`` for a forward: scores and softmax in float32 from the inputs,
+    P rounded to the input dtype before P·V (FlashAttention's test baseline), bottom-right
+    causal, GQA; rows with no key are 0."""
+    group = q.shape[1] // k.shape[1]
+    out = torch.zeros(q.shape[0], q.shape[1], v.shape[-1], dtype=q.dtype, device=q.device)
+    bounds = zip(cu_seqlens_q.tolist()[:-1], cu_seqlens_q.tolist()[1:],
+                 cu_seqlens_k.tolist()[:-1], cu_seqlens_k.tolist()[1:])
+    for q0, q1, k0, k1 in bounds:
+        if q1 == q0 or k1 == k0:
+            continue
+        qs = q[q0:q1].transpose(0, 1)
+        ks = k[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
+        vs = v[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
+        sc = torch.matmul(qs.float(), ks.float().transpose(1, 2)) * scale
+        if causal:
+            i = torch.arange(q1 - q0, device=q.device)[:, None]
+            j = torch.arange(k1 - k0, device=q.device)[None, :]
+            sc = sc.masked_fill(j > i + (k1 - k0) - (q1 - q0), float("-inf"))
+        p = torch.softmax(sc, dim=-1).nan_to_num(0.0).to(q.dtype)
+        out[q0:q1] = torch.matmul(p, vs).transpose(0, 1)
+    return out
+
+
 def check_is_allclose(name: str, ans: torch.Tensor, ref: torch.Tensor, abs_tol: float,
                       rel_tol: float, cos_diff_tol: float) -> bool:
     """FlashMLA's ``check_is_allclose``: True when close; prints why not otherwise."""

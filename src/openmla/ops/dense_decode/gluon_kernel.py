@@ -25,6 +25,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from ..schedule.gluon import schedule_part
+
 LN2 = gl.constexpr(0.6931471805599453)
 MAX_SENTINEL = gl.constexpr(-1.0e30)
 
@@ -42,17 +44,6 @@ def _trace(progress_ptr, partition: gl.constexpr, r, step, msg, site: gl.constex
         gl.store(base + 1, step)
         gl.store(base + 2, msg)
         gl.store(base + 3, site)
-
-
-@gluon.jit
-def _part(meta_ptr, pid_part, META_COLS: gl.constexpr):
-    """Part ``pid_part`` of the schedule: its first and last request, the first request's
-    position on the schedule's line, the payload, and the part's interval on that line."""
-    meta = meta_ptr + pid_part * META_COLS
-    payload = gl.load(meta + 3)
-    part_lo = pid_part * payload
-    return (gl.load(meta + 0), gl.load(meta + 1), gl.load(meta + 2), payload, part_lo,
-            part_lo + payload)
 
 
 @gluon.jit
@@ -78,12 +69,16 @@ def _store_half(acc, l_i, m_i, r, tok, head, mask_r, offs_d, line_pos, n_sched, 
                 pid_part, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
                 stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
                 stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
-                OVERHEAD: gl.constexpr, WRITE_LSE: gl.constexpr):
+                OVERHEAD: gl.constexpr, WRITE_LSE: gl.constexpr, ROW_AXIS: gl.constexpr = 0):
     """Write one 256-wide half of a request's result for this tile: final output (+ lse) when
-    the request is one piece, else this piece into the accumulators for the combine kernel."""
+    the request is one piece, else this piece into the accumulators for the combine kernel.
+    ``acc`` holds the rows along ``ROW_AXIS`` (0: ``[rows, 256]``; 1: transposed, ``[256, rows]``);
+    the row vectors (``l_i``, ``m_i``, ``tok``, ``head``, ``mask_r``) and ``offs_d`` are slices of
+    its layout."""
+    D_AXIS: gl.constexpr = 1 - ROW_AXIS
     has_keys = l_i > 0.0
     safe_l = gl.where(has_keys, l_i, 1.0)
-    o = acc / gl.expand_dims(safe_l, 1)
+    o = acc / gl.expand_dims(safe_l, D_AXIS)
     first_part = (line_pos + OVERHEAD) // payload
     last_part = (line_pos + OVERHEAD + n_sched - 1) // payload
     # both destinations are written with complementary masks (no divergent branch around
@@ -92,10 +87,10 @@ def _store_half(acc, l_i, m_i, r, tok, head, mask_r, offs_d, line_pos, n_sched, 
     split = first_part != last_part
     piece = gl.load(num_splits_ptr + r) + pid_part - first_part
     r64 = r.to(gl.int64)
-    tok2 = gl.expand_dims(tok, 1)
-    head2 = gl.expand_dims(head, 1)
-    d2 = gl.expand_dims(offs_d, 0)
-    mask2 = gl.expand_dims(mask_r, 1)
+    tok2 = gl.expand_dims(tok, D_AXIS)
+    head2 = gl.expand_dims(head, D_AXIS)
+    d2 = gl.expand_dims(offs_d, ROW_AXIS)
+    mask2 = gl.expand_dims(mask_r, D_AXIS)
     ptrs = out_ptr + r64 * stride_ob + tok2 * stride_ot + head2 * stride_oh + d2
     gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=mask2 & whole)
     acc_ptrs = (o_acc_ptr + piece.to(gl.int64) * stride_oa_piece + tok2 * stride_oa_t
@@ -120,8 +115,8 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
     q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
     k_bytes: gl.constexpr = 2 * k_desc.block_type.nbytes + kr_desc.block_type.nbytes
     it = 0
@@ -188,8 +183,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
 
     rows_s = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_s)
     last_off_s = rows_s // h_q  # token of each row, for the causal mask
@@ -299,8 +294,8 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
     rows_o = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
     mask_o = rows_o < rows
     tok_o = rows_o // h_q

@@ -26,44 +26,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .gluon_kernel import LN2, MAX_SENTINEL, _load_partition, _part, _request_blocks
-
-
-@gluon.jit
-def _store_half_t(acc, l_i, m_i, r, rows_o, h_q, offs_d, line_pos, n_sched, payload, pid_part,
-                  num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
-                  stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
-                  stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
-                  rows, OVERHEAD: gl.constexpr, WRITE_LSE: gl.constexpr):
-    """Write one 256-wide half of a request's result held transposed (``acc [256, rows]``):
-    the final output (+ lse) when the request is one piece, else this piece for the combine."""
-    has_keys = l_i > 0.0
-    safe_l = gl.where(has_keys, l_i, 1.0)
-    o = acc / gl.expand_dims(safe_l, 0)
-    first_part = (line_pos + OVERHEAD) // payload
-    last_part = (line_pos + OVERHEAD + n_sched - 1) // payload
-    whole = first_part == last_part
-    split = first_part != last_part
-    piece = gl.load(num_splits_ptr + r) + pid_part - first_part
-    mask_r = rows_o < rows
-    tok = rows_o // h_q
-    head = rows_o % h_q
-    r64 = r.to(gl.int64)
-    tok2 = gl.expand_dims(tok, 0)
-    head2 = gl.expand_dims(head, 0)
-    d2 = gl.expand_dims(offs_d, 1)
-    mask2 = gl.expand_dims(mask_r, 0)
-    ptrs = out_ptr + r64 * stride_ob + tok2 * stride_ot + head2 * stride_oh + d2
-    gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=mask2 & whole)
-    acc_ptrs = (o_acc_ptr + piece.to(gl.int64) * stride_oa_piece + tok2 * stride_oa_t
-                + head2 * stride_oa_h + d2)
-    gl.store(acc_ptrs, o, mask=mask2 & split)
-    if WRITE_LSE:
-        lse2 = gl.where(has_keys, m_i + gl.log2(safe_l), float("-inf"))
-        gl.store(lse_ptr + r * stride_lb + head * stride_lh + tok * stride_lt,
-                 gl.where(has_keys, lse2 * LN2, float("inf")), mask=mask_r & whole)
-        gl.store(lse_acc_ptr + piece * stride_la_piece + tok * stride_la_t + head, lse2,
-                 mask=mask_r & split)
+from ..schedule.gluon import schedule_part
+from .gluon_kernel import MAX_SENTINEL, _load_partition, _request_blocks, _store_half
 
 
 @gluon.jit
@@ -91,8 +55,8 @@ def _softmax_partition_t(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_read
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
     last_off_s = gl.arange(0, BLOCK_H, layout=row_s) // h_q  # token of each row (causal mask)
 
     it = 0
@@ -158,13 +122,13 @@ def _softmax_partition_t(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_read
         a_s.store(l_i)
         mbarrier.arrive(p_ready, count=1)
         msg += 1
-        _store_half_t(acc, gl.convert_layout(l_i, row_o), gl.convert_layout(m_i, row_o), r,
-                      pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o), h_q,
-                      gl.arange(0, D_HALF, layout=d_o), line_pos, n_sched, payload, pid_part,
-                      num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
-                      stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
-                      stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
-                      rows, OVERHEAD, True)
+        rows_o = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
+        _store_half(acc, gl.convert_layout(l_i, row_o), gl.convert_layout(m_i, row_o), r,
+                    rows_o // h_q, rows_o % h_q, rows_o < rows, gl.arange(0, D_HALF, layout=d_o),
+                    line_pos, n_sched, payload, pid_part, num_splits_ptr, out_ptr, lse_ptr,
+                    o_acc_ptr, lse_acc_ptr, stride_ob, stride_ot, stride_oh, stride_lb,
+                    stride_lh, stride_lt, stride_oa_piece, stride_oa_t, stride_oa_h,
+                    stride_la_piece, stride_la_t, OVERHEAD, True, ROW_AXIS=1)
         line_pos += OVERHEAD + n_sched
         rq += 1
 
@@ -185,8 +149,8 @@ def _pv_partition_t(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
     it = 0
     msg = 0
     for r in range(begin_req, end_req + 1):
@@ -210,12 +174,13 @@ def _pv_partition_t(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
         l_i = a_s.load(row_o)
         mbarrier.arrive(p_free, count=1)
         msg += 1
-        _store_half_t(acc, l_i, l_i, r, pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o),
-                      h_q, D_HALF + gl.arange(0, D_HALF, layout=d_o), line_pos, n_sched,
-                      payload, pid_part, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr,
-                      lse_acc_ptr, stride_ob, stride_ot, stride_oh, stride_lb, stride_lh,
-                      stride_lt, stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
-                      stride_la_t, rows, OVERHEAD, False)
+        rows_o = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
+        _store_half(acc, l_i, l_i, r, rows_o // h_q, rows_o % h_q, rows_o < rows,
+                    D_HALF + gl.arange(0, D_HALF, layout=d_o), line_pos, n_sched, payload,
+                    pid_part, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
+                    stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                    stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
+                    OVERHEAD, False, ROW_AXIS=1)
         line_pos += OVERHEAD + n_sched
 
 
@@ -234,7 +199,9 @@ def _dense_decode_gluon_small_h_kernel(
     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr,
     OVERHEAD: gl.constexpr, META_COLS: gl.constexpr, CAUSAL: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, LOAD_REGS: gl.constexpr,
+    progress_ptr, TRACE: gl.constexpr, LOAD_WARPS: gl.constexpr,
 ):
+    # the default kernel's signature (one launch serves both); TRACE reaches the loader only
     dtype: gl.constexpr = k_desc.dtype
     q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], q_desc.layout)
     qr_s = gl.allocate_shared_memory(dtype, [BLOCK_H, D_ROPE], qr_desc.layout)
@@ -276,5 +243,5 @@ def _dense_decode_gluon_small_h_kernel(
         (_load_partition, (q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s, q_ready,
                            q_free, k_ready, k_free, block_table_ptr, seqlens_ptr, meta_ptr, s_q,
                            h_q, stride_bt, PAGE_SIZE, D_HALF, BLOCK_H, BLOCK_N, SCHED_N,
-                           OVERHEAD, META_COLS, CAUSAL, STAGES, meta_ptr, False)),
-    ], [4, 1], [PV_REGS, LOAD_REGS])
+                           OVERHEAD, META_COLS, CAUSAL, STAGES, progress_ptr, TRACE)),
+    ], [4, LOAD_WARPS], [PV_REGS, LOAD_REGS])

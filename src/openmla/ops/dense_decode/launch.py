@@ -59,21 +59,17 @@ def dense_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, block_table: tor
 
 
 # Memory-bound launches (one row tile) take a part count that divides into whole requests when
-# one within this fraction of the SMs exists: equal-length requests then run unsplit (no second
-# Q load, partial output or combine work per CTA). Measured on an H200 (graph replay, b=128
+# one is close to one CTA per SM: equal-length requests then run unsplit (no second Q load,
+# partial output or combine work per CTA). Measured on an H200 (graph replay, b=128
 # s_k=8192): h_q=16 292.5 us with 128 parts against 304.3 with 132, h_q=64 297.7 against
 # 324.8; with four row tiles (s_q=2 h_q=128) 128 CTAs lost to 132 (988.8 against 962.5 us).
-EVEN_PARTS_MIN_FRACTION = 0.95
-
-
 def gluon_num_parts(b: int, row_tiles: int, num_sms: int) -> int:
     """Split-KV parts of the Gluon launch: one CTA per SM (``num_sms // row_tiles`` parts), or
-    for a single row tile the count of whole requests a part within EVEN_PARTS_MIN_FRACTION of
-    that (``schedule.launch.whole_request_parts``)."""
+    for a single row tile ``schedule.launch.whole_request_parts`` of that."""
     max_parts = max(num_sms // row_tiles, 1)
     if row_tiles != 1:
         return max_parts
-    return whole_request_parts(b, max_parts, EVEN_PARTS_MIN_FRACTION)
+    return whole_request_parts(b, max_parts)
 
 
 def dense_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, block_table: torch.Tensor,
@@ -223,39 +219,24 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     q2 = q.view(b * rows, d)
     k2 = k_cache.view(num_pages * page_size, d)
-    if rows <= SMALL_H_ROWS and os.environ.get(SMALL_H_ENV) == "1" and progress is None:
-        from .gluon_small_h_kernel import _dense_decode_gluon_small_h_kernel
+    kernel, block_h, pv_regs = _dense_decode_gluon_kernel, GLUON_BLOCK_H, GLUON_PV_REGS
+    if rows <= SMALL_H_ROWS and os.environ.get(SMALL_H_ENV) == "1":
+        from .gluon_small_h_kernel import _dense_decode_gluon_small_h_kernel as kernel
 
-        n_rows = 16 if rows <= 16 else 32
-        _dense_decode_gluon_small_h_kernel[(1, 1, num_parts)](
-            tma_descriptor(q2, [n_rows, half], gdt),
-            tma_descriptor(q2, [n_rows, d_rope], gdt),
-            tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),
-            tma_descriptor(k2, [GLUON_BLOCK_N, d_rope], gdt),
-            block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
-            softmax_scale * LOG2E, s_q, h_q,
-            block_table.stride(0),
-            *_output_strides(out, lse, o_acc, lse_acc),
-            PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=n_rows,
-            BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD,
-            META_COLS=META_COLS, CAUSAL=bool(causal) and s_q > 1, STAGES=stages,
-            PV_REGS=SMALL_H_PV_REGS, LOAD_REGS=GLUON_LOAD_REGS, num_warps=4)
-        decode_combine(o_acc, lse_acc, num_splits, out, lse)
-        return out, lse
-
-    grid = (-(-rows // GLUON_BLOCK_H), 1, num_parts)
-    _dense_decode_gluon_kernel[grid](
-        tma_descriptor(q2, [GLUON_BLOCK_H, half], gdt),
-        tma_descriptor(q2, [GLUON_BLOCK_H, d_rope], gdt),
+        block_h, pv_regs = (16 if rows <= 16 else 32), SMALL_H_PV_REGS
+    grid = (-(-rows // block_h), 1, num_parts)
+    kernel[grid](
+        tma_descriptor(q2, [block_h, half], gdt),
+        tma_descriptor(q2, [block_h, d_rope], gdt),
         tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),
         tma_descriptor(k2, [GLUON_BLOCK_N, d_rope], gdt),
         block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
         softmax_scale * LOG2E, s_q, h_q,
         block_table.stride(0),
         *_output_strides(out, lse, o_acc, lse_acc),
-        PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
+        PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
         BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
-        CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=GLUON_PV_REGS,
+        CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=pv_regs,
         LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
         TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4)
     decode_combine(o_acc, lse_acc, num_splits, out, lse)

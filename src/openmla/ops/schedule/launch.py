@@ -13,7 +13,13 @@ from .ref import BLOCK_N, META_COLS, REQUEST_OVERHEAD
 SCHEDULE_CHUNK = 32
 
 
-def whole_request_parts(b: int, max_parts: int, min_fraction: float = 0.95) -> int:
+# How far below one CTA per SM a part count of whole requests may fall (the Gluon decode
+# launches; measurements at their call sites).
+WHOLE_REQUEST_MIN_FRACTION = 0.95
+
+
+def whole_request_parts(b: int, max_parts: int,
+                        min_fraction: float = WHOLE_REQUEST_MIN_FRACTION) -> int:
     """The largest split-KV part count of at least ``min_fraction * max_parts`` (and at most
     ``max_parts``) that is a multiple or an exact divisor of ``b``, else ``max_parts``: with
     equal-length requests every part then covers whole requests or equal pieces of one (no

@@ -32,6 +32,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from ..schedule.gluon import schedule_part
+
 LN2 = gl.constexpr(0.6931471805599453)
 LOG2E = gl.constexpr(1.4426950408889634)
 MAX_SENTINEL = gl.constexpr(-1.0e30)  # finite running-max start: no -inf - -inf in exp2
@@ -41,17 +43,6 @@ TOKEN_BYTES = gl.constexpr(656)
 SCALE_OFFSET = gl.constexpr(512)
 ROPE_OFFSET = gl.constexpr(528)
 GROUP = gl.constexpr(128)  # NoPE dims per scale
-
-
-@gluon.jit
-def _part(meta_ptr, pid_part, META_COLS: gl.constexpr):
-    """Part ``pid_part`` of the schedule: its first and last request, the first request's
-    position on the schedule's line, the payload, and the part's interval on that line."""
-    meta = meta_ptr + pid_part * META_COLS
-    payload = gl.load(meta + 3)
-    part_lo = pid_part * payload
-    return (gl.load(meta + 0), gl.load(meta + 1), gl.load(meta + 2), payload, part_lo,
-            part_lo + payload)
 
 
 @gluon.jit
@@ -123,8 +114,8 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
     pid_h = gl.program_id(0)
     tok = gl.program_id(1)
     pid_part = gl.program_id(2)
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
     q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
     offs_n = gl.arange(0, BLOCK_N, layout=row_l)
     cols = gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, nope_l)), 0)
@@ -217,8 +208,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
     pid_h = gl.program_id(0)
     tok = gl.program_id(1)
     pid_part = gl.program_id(2)
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
     head_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_s)
     mask_s = head_s < h_q
     if HAS_SINK:
@@ -318,8 +309,8 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
     pid_h = gl.program_id(0)
     tok = gl.program_id(1)
     pid_part = gl.program_id(2)
-    begin_req, end_req, line_pos, payload, part_lo, part_hi = _part(meta_ptr, pid_part,
-                                                                    META_COLS)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
     head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
     mask_o = head_o < h_q
     offs_d = D_HALF + gl.arange(0, D_HALF, layout=col_o)

@@ -42,20 +42,17 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int,
 
 
 # Split-KV parts: (head tiles × s_q × parts) CTAs fill the SMs once, with the part count
-# rounded down (by at most this fraction) to whole requests a part when one exists. Measured
+# rounded down to whole requests a part when one is close (``whole_request_parts``). Measured
 # on an H200, V3.2 b=128 topk=2048, graph replay, parts of whole requests against one CTA per
 # SM: h_q=16 138.3 vs 141.0 us, h_q=64 144.4 vs 160.6, s_q=1 h_q=128 253.8 vs 271.9, s_q=2
 # h_q=128 495.2 vs 512.6.
-EVEN_PARTS_MIN_FRACTION = 0.95
-
-
 def num_parts_for(h_q: int, s_q: int, num_sms: int, b: int = 0) -> int:
     """Split-KV parts of the launch (``b`` = 0: one CTA per SM, no rounding to requests)."""
     head_tiles = -(-h_q // GLUON_BLOCK_H)
     max_parts = max(num_sms // (s_q * head_tiles), 1)
     if b < 1:
         return max_parts
-    return whole_request_parts(b, max_parts, EVEN_PARTS_MIN_FRACTION)
+    return whole_request_parts(b, max_parts)
 
 
 def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.Tensor,
