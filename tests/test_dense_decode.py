@@ -271,7 +271,7 @@ def test_gluon_part_count_divides_the_batch_when_close_to_one_cta_per_sm():
     assert gluon_num_parts(1, 1, 132) == 132
 
 
-# --- experimental swapped-product kernel for s_q·h_q <= 16 (OPENMLA_DENSE_GLUON_SMALL_H=1) -----
+# --- swapped-product kernel for s_q·h_q <= 32 (the default there) -------------------------
 SMALL_H_COMPILE = r"""
 import json, re, sys
 import triton
@@ -344,16 +344,18 @@ SMALL_H_SHAPES = [  # (b, s_q, h_q, s_k, causal, varlen, zero_seqlens)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", SMALL_H_SHAPES)
-def test_gluon_small_h_kernel_vs_reference(shape, monkeypatch):
-    """OPENMLA_DENSE_GLUON_SMALL_H=1 through the public call against the float32 reference,
-    outputs NaN-filled before launch, bitwise run to run."""
+@pytest.mark.parametrize("flag,shape", [("1", s) for s in SMALL_H_SHAPES]
+                         + [("0", SMALL_H_SHAPES[1]), ("0", SMALL_H_SHAPES[2])])
+def test_gluon_small_h_kernel_vs_reference(flag, shape, monkeypatch):
+    """At s_q·h_q <= 32 the swapped-product kernel (the default there; flag "1") and the 64-row
+    kernel (OPENMLA_DENSE_GLUON_SMALL_H=0) through the public call against the float32
+    reference, outputs NaN-filled before launch, bitwise run to run."""
     from openmla.testing.compare import nan_filled_outputs
 
     if not device_info("cuda").is_hopper:
         pytest.skip("the Gluon kernel targets Hopper (sm90)")
     monkeypatch.setenv("OPENMLA_BACKEND_DENSE_DECODE", "gluon")
-    monkeypatch.setenv("OPENMLA_DENSE_GLUON_SMALL_H", "1")
+    monkeypatch.setenv("OPENMLA_DENSE_GLUON_SMALL_H", flag)
     b, s_q, h_q, s_k, causal, varlen, zero = shape
     case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, varlen=varlen,
                                    zero_seqlens=zero, device="cuda", seed=hash(shape) % 997)
