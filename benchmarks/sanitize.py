@@ -79,7 +79,8 @@ CASES = {
         ("triton pointer pbs16 h_kv2", lambda: _dense("triton", 3, 2, 32, 200, 16, True, 2)),
         ("triton tma", lambda: _dense("triton", 3, 1, 64, 300, 64, False)),
         ("gluon", lambda: _dense("gluon", 4, 2, 64, 700, 64, True)),
-        ("gluon 16 heads", lambda: _dense("gluon", 3, 1, 16, 300, 64, False)),
+        ("gluon 16 heads (swapped)", lambda: _dense("gluon", 3, 1, 16, 300, 64, False)),
+        ("gluon 2x12 rows causal (swapped)", lambda: _dense("gluon", 3, 2, 12, 500, 64, True)),
     ],
     "sparse_decode": [
         ("triton V3.2", lambda: _sparse_decode("triton", 2, 2, 64, 300, 128, 576, 64, False)),
