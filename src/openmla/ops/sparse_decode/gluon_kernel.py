@@ -96,13 +96,33 @@ def _dequant_store(raw, scale, dst):
 
 
 @gluon.jit
+def _prefetch_rows(k_ptr, idx, valid, stride_kp, PAGE_SIZE: gl.constexpr, WARPS: gl.constexpr):
+    """Ask L2 for the token rows ``idx`` names (``valid`` ones; the others prefetch the cache's
+    first line): six 128-byte lines cover a 656-byte row whatever its alignment. Nothing comes
+    back to registers, so a tile's rows can be brought closer while the one before it is
+    dequantized."""
+    pf_l: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [WARPS, 1], [1, 0])
+    idx = gl.convert_layout(idx, gl.SliceLayout(1, pf_l))
+    valid = gl.convert_layout(valid, gl.SliceLayout(1, pf_l))
+    p_tok = gl.where(valid, idx, 0).to(gl.int64)
+    page = p_tok // PAGE_SIZE
+    row = page * stride_kp + (p_tok - page * PAGE_SIZE) * TOKEN_BYTES
+    row = gl.where(valid, row, 0)
+    line = gl.arange(0, 8, layout=gl.SliceLayout(0, pf_l))
+    off = gl.where(line < 5, line * 128, TOKEN_BYTES - 1)  # last byte: the row's last line
+    addr = k_ptr + (gl.expand_dims(row, 1) + gl.expand_dims(off, 0))
+    gl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [addr],
+                              dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free, k_ready,
                         k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q, topk,
                         num_tokens, stride_kp, stride_ib, stride_it,
                         D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                         PAGE_SIZE: gl.constexpr, OVERHEAD: gl.constexpr,
                         META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
-                        STAGES: gl.constexpr, WARPS: gl.constexpr):
+                        STAGES: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr):
     # one thread: 16 consecutive bytes of a token row; 8 threads span a 128-byte scale group
     nope_l: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [WARPS, 1], [1, 0])
     # RoPE: 8 bf16 (16 bytes) a thread, 8 threads span the 64 values
@@ -135,9 +155,11 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
         tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
         tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
         idx_row = idx_ptr + r.to(gl.int64) * stride_ib + tok * stride_it
-        # the indices of a tile are loaded one tile ahead, so a gather waits for one load only
+        # the indices are loaded two tiles ahead: a gather never waits for its index load, and
+        # the next tile's rows can be prefetched into L2 while this one is dequantized
         slots = t_lo * BLOCK_N + offs_n
         idx_next = gl.load(idx_row + slots, mask=slots < length, other=-1)
+        idx_after = gl.load(idx_row + slots + BLOCK_N, mask=slots + BLOCK_N < length, other=-1)
         t = t_lo
         while t < t_hi:
             s = it % STAGES
@@ -164,8 +186,14 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                 gl.pointer_type(gl.bfloat16))
             r_valid = gl.expand_dims(gl.convert_layout(valid, rrow_l), 1)
             rope = gl.load(gl.expand_dims(r_ptr, 1) + rcols, mask=r_valid, other=0.0)
-            idx_next = gl.load(idx_row + slots + BLOCK_N, mask=slots + BLOCK_N < length,
-                               other=-1)
+            if PREFETCH:
+                nxt = slots + BLOCK_N < length
+                _prefetch_rows(k_ptr, idx_after,
+                               nxt & (idx_after >= 0) & (idx_after < num_tokens), stride_kp,
+                               PAGE_SIZE, WARPS)
+            idx_next = idx_after
+            idx_after = gl.load(idx_row + slots + 2 * BLOCK_N,
+                                mask=slots + 2 * BLOCK_N < length, other=-1)
             # ... then wait for the ring slot, dequantize and publish
             mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
             k0 = k_s.index(2 * s)
@@ -361,7 +389,7 @@ def _sparse_decode_gluon_kernel(
     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, OVERHEAD: gl.constexpr,
     META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-    PRODUCER_WARPS: gl.constexpr,
+    PRODUCER_WARPS: gl.constexpr, PREFETCH: gl.constexpr = True,
 ):
     dtype: gl.constexpr = gl.bfloat16
     k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_HALF], dtype)
@@ -407,5 +435,5 @@ def _sparse_decode_gluon_kernel(
                                k_ready, k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q,
                                topk, num_tokens, stride_kp, stride_ib, stride_it, D_HALF,
                                BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD, META_COLS, HAS_TOPK_LEN,
-                               STAGES, PRODUCER_WARPS)),
+                               STAGES, PRODUCER_WARPS, PREFETCH)),
     ], [4, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS])

@@ -31,6 +31,9 @@ GLUON_PRODUCER_WARPS = 4  # the gather + dequantization warpgroup
 # 160 spills its accumulator's neighbours (436 B at 152). Not timed yet.
 GLUON_PV_REGS = 160
 GLUON_PRODUCER_REGS = 136
+# the producer prefetches the next index tile's token rows into L2 while it dequantizes the
+# current one (``gluon_kernel._prefetch_rows``)
+GLUON_PREFETCH = True
 
 def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int,
              extra_k_cache: torch.Tensor | None) -> bool:
@@ -127,7 +130,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
         STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
-        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, num_warps=4)
+        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, num_warps=4)
     if combine:
         decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
     return out, lse
@@ -159,7 +162,8 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=GLUON_BLOCK_H,
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink, STAGES=stages, PV_REGS=pv_regs,
-              PRODUCER_REGS=producer_regs, PRODUCER_WARPS=GLUON_PRODUCER_WARPS)
+              PRODUCER_REGS=producer_regs, PRODUCER_WARPS=GLUON_PRODUCER_WARPS,
+              PREFETCH=GLUON_PREFETCH)
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in ce:
