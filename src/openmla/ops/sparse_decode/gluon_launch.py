@@ -31,9 +31,9 @@ GLUON_PRODUCER_WARPS = 4  # the gather + dequantization warpgroup
 # 160 spills its accumulator's neighbours (436 B at 152). Not timed yet.
 GLUON_PV_REGS = 160
 GLUON_PRODUCER_REGS = 136
-# the producer prefetches the next index tile's token rows into L2 while it dequantizes the
-# current one (``gluon_kernel._prefetch_rows``)
-GLUON_PREFETCH = True
+# the producer prefetches into L2 the token rows of the index tile GLUON_PREFETCH tiles ahead
+# while it dequantizes the current one (``gluon_kernel._prefetch_rows``; 0: none)
+GLUON_PREFETCH = 1
 
 def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int,
              extra_k_cache: torch.Tensor | None) -> bool:
