@@ -363,10 +363,10 @@ def test_gluon_op_fake_shapes():
 
 
 _COMPILE_PROGRAM = r"""
-import re
+import re, sys
 from openmla.ops.sparse_decode.gluon_launch import compile_sm90
 from openmla.testing.sm90 import ptxas_report
-k = compile_sm90()
+k = compile_sm90(block_h=int(sys.argv[1]))
 ptx = k.asm["ptx"]
 rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
@@ -380,9 +380,10 @@ MAX_SCALAR_SPILL_BYTES = 128
 MAX_SMEM_BYTES = 232448  # Hopper: 227 KiB of dynamic shared memory per block
 
 
-def _compile_report():
+def _compile_report(block_h=64):
     """wgmma count, ptxas spill bytes and shared memory of the split kernel for sm_90, compiled
-    in a fresh interpreter (no GPU, no interpreter mode)."""
+    in a fresh interpreter (no GPU, no interpreter mode); ``block_h`` 16: the swapped-product
+    kernel."""
     import os
     import subprocess
     import sys
@@ -395,17 +396,19 @@ def _compile_report():
         pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     env.pop("TRITON_INTERPRET", None)  # compiled in a fresh interpreter, outside the interpreter
-    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM], capture_output=True, text=True,
-                         env=env, timeout=600)
+    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM, str(block_h)],
+                         capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     return dict(line.split() for line in res.stdout.splitlines() if line.strip())
 
 
-def test_gluon_kernel_compiles_for_sm90():
-    """The Gluon kernel compiles for sm_90 (no GPU needed): wgmma for all its products, within
-    Hopper's shared memory, at most a few bytes of scalar spills."""
-    got = _compile_report()
-    assert int(got["wgmma"]) > 0
+@pytest.mark.parametrize("block_h", [64, 16])
+def test_gluon_kernel_compiles_for_sm90(block_h):
+    """The Gluon kernels compile for sm_90 (no GPU needed): wgmma for all their products (the
+    swapped one: 36 for Sᵀ and 16 a warpgroup for Oᵀ a tile, plus the 64-row kernel's 44 being
+    absent), within Hopper's shared memory, at most a few bytes of scalar spills."""
+    got = _compile_report(block_h)
+    assert int(got["wgmma"]) == (44 if block_h == 64 else 36 + 2 * 16), got
     assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
     assert int(got["smem"]) <= MAX_SMEM_BYTES, got
 
@@ -417,7 +420,10 @@ GLUON_GPU_CASES = [
     for s_q in (1, 2)
     for (b, s_k, topk, pbs, tl) in ((4, 512, 64, 2, False), (5, 1024, 576, 61, True),
                                     (3, 2046, 2048, 64, False), (6, 300, 100, 64, True))
-] + [(4, 1, 16, 512, 64, 2, False, True), (3, 2, 128, 1000, 200, 64, True, True)]
+] + [(4, 1, 16, 512, 64, 2, False, True), (3, 2, 128, 1000, 200, 64, True, True),
+       # the swapped-product kernel below 16 heads (N = 16 with padding rows)
+       (4, 1, 8, 1024, 576, 61, True, False), (3, 2, 12, 2046, 2048, 64, False, False),
+       (5, 3, 3, 300, 100, 64, True, False), (2, 1, 4, 512, 64, 2, False, True)]
 
 
 def _gluon_case(shape, seed=0):
@@ -459,8 +465,26 @@ def test_gluon_kernel_vs_reference_gpu(shape, gluon_backend, poisoned_outputs):
 
 
 @pytest.mark.gpu
-def test_gluon_bitwise_deterministic_gpu(gluon_backend):
-    kw = gen.public_kwargs(_gluon_case((74, 2, 128, 2046, 2048, 64, True, False), seed=9))
+@pytest.mark.parametrize("shape", [(5, 1024, 576, 61, True), (3, 2046, 2048, 64, False)])
+def test_gluon_64_row_kernel_at_16_heads_gpu(shape, gluon_backend, poisoned_outputs,
+                                             monkeypatch):
+    """OPENMLA_SPARSE_GLUON_SMALL_H=0 keeps 16 heads on the 64-row kernel; it matches too."""
+    monkeypatch.setenv("OPENMLA_SPARSE_GLUON_SMALL_H", "0")
+    b, s_k, topk, pbs, tl = shape
+    case = _gluon_case((b, 2, 16, s_k, topk, pbs, tl, False), seed=3)
+    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                              tile_scheduler_metadata=_meta())
+    torch.cuda.synchronize()
+    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    tol = TOLERANCES["sparse_decode"]
+    assert_close("out", out, r_out.to(BF16), tol["out"])
+    assert_close("lse", lse, r_lse, tol["lse"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("h_q", [128, 16])
+def test_gluon_bitwise_deterministic_gpu(gluon_backend, h_q):
+    kw = gen.public_kwargs(_gluon_case((74, 2, h_q, 2046, 2048, 64, True, False), seed=9))
     runs = [openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=_meta())
             for _ in range(3)]
     for out, lse in runs[1:]:

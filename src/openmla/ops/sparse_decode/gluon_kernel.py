@@ -72,15 +72,18 @@ def _pieces(num_splits_ptr, r, line_pos, n_sched, payload, pid_part, OVERHEAD: g
 
 @gluon.jit
 def _store_half(acc, fin, r, tok, head, mask_r, offs_d, whole, split, piece, out_ptr, o_acc_ptr,
-                stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h):
+                stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
+                ROW_AXIS: gl.constexpr = 0):
     """One 256-wide half of the tile's output rows, ``acc · fin``: the final output when the
     request is one piece, else this piece into the combine's accumulators. Both destinations
     are written with complementary masks (no divergent branch around stores inside a
-    warp-specialized partition)."""
-    o = acc * gl.expand_dims(fin, 1)
-    head2 = gl.expand_dims(head, 1)
-    d2 = gl.expand_dims(offs_d, 0)
-    mask2 = gl.expand_dims(mask_r, 1)
+    warp-specialized partition). ``acc`` holds the heads along ``ROW_AXIS`` (1: transposed,
+    ``[256, heads]``)."""
+    D_AXIS: gl.constexpr = 1 - ROW_AXIS
+    o = acc * gl.expand_dims(fin, D_AXIS)
+    head2 = gl.expand_dims(head, D_AXIS)
+    d2 = gl.expand_dims(offs_d, ROW_AXIS)
+    mask2 = gl.expand_dims(mask_r, D_AXIS)
     ptrs = out_ptr + r.to(gl.int64) * stride_ob + tok * stride_ot + head2 * stride_oh + d2
     gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=mask2 & whole)
     acc_ptrs = (o_acc_ptr + piece.to(gl.int64) * stride_oa_piece + tok * stride_oa_t
@@ -122,7 +125,10 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                         D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                         PAGE_SIZE: gl.constexpr, OVERHEAD: gl.constexpr,
                         META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
-                        STAGES: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr):
+                        STAGES: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
+                        PRODUCERS: gl.constexpr = 1, PID: gl.constexpr = 0):
+    # PRODUCERS partitions may share the tiles: this one (PID) takes the tiles whose running
+    # count over the part is PID modulo PRODUCERS, and the first one loads Q.
     # one thread: 16 consecutive bytes of a token row; 8 threads span a 128-byte scale group
     nope_l: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [WARPS, 1], [1, 0])
     # RoPE: 8 bf16 (16 bytes) a thread, 8 threads span the 64 values
@@ -149,22 +155,29 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
         length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
                                                      part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
         q_row = (r * s_q + tok) * h_q + pid_h * BLOCK_H
-        mbarrier.wait(q_free, (rq & 1) ^ 1)
-        mbarrier.expect(q_ready, q_bytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
-        tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
-        tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
+        if PID == 0:
+            mbarrier.wait(q_free, (rq & 1) ^ 1)
+            mbarrier.expect(q_ready, q_bytes)
+            tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
+            tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
+            tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
         idx_row = idx_ptr + r.to(gl.int64) * stride_ib + tok * stride_it
+        if PRODUCERS > 1:  # first tile of this request that is this partition's
+            it_end = it + gl.maximum(t_hi - t_lo, 0)
+            skip = (PID - it % PRODUCERS + PRODUCERS) % PRODUCERS
+            t_lo = t_lo + skip
+            it = it + skip
         # the indices are loaded PREFETCH + 1 tiles ahead: a gather never waits for its index
         # load, and the rows of the tile PREFETCH ahead are prefetched into L2 while this one is
         # dequantized
+        STEP: gl.constexpr = BLOCK_N * PRODUCERS  # slots between this partition's tiles
         slots = t_lo * BLOCK_N + offs_n
         idx_next = gl.load(idx_row + slots, mask=slots < length, other=-1)
-        idx_after = gl.load(idx_row + slots + BLOCK_N, mask=slots + BLOCK_N < length, other=-1)
+        idx_after = gl.load(idx_row + slots + STEP, mask=slots + STEP < length, other=-1)
         idx_far = idx_after
         if PREFETCH == 2:
-            idx_far = gl.load(idx_row + slots + 2 * BLOCK_N,
-                              mask=slots + 2 * BLOCK_N < length, other=-1)
+            idx_far = gl.load(idx_row + slots + 2 * STEP, mask=slots + 2 * STEP < length,
+                              other=-1)
         t = t_lo
         while t < t_hi:
             s = it % STAGES
@@ -192,22 +205,22 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
             r_valid = gl.expand_dims(gl.convert_layout(valid, rrow_l), 1)
             rope = gl.load(gl.expand_dims(r_ptr, 1) + rcols, mask=r_valid, other=0.0)
             if PREFETCH == 1:
-                nxt = slots + BLOCK_N < length
+                nxt = slots + STEP < length
                 _prefetch_rows(k_ptr, idx_after,
                                nxt & (idx_after >= 0) & (idx_after < num_tokens), stride_kp,
                                PAGE_SIZE, WARPS)
             if PREFETCH == 2:
-                far = slots + 2 * BLOCK_N < length
+                far = slots + 2 * STEP < length
                 _prefetch_rows(k_ptr, idx_far, far & (idx_far >= 0) & (idx_far < num_tokens),
                                stride_kp, PAGE_SIZE, WARPS)
             idx_next = idx_after
             if PREFETCH == 2:
                 idx_after = idx_far
-                idx_far = gl.load(idx_row + slots + 3 * BLOCK_N,
-                                  mask=slots + 3 * BLOCK_N < length, other=-1)
+                idx_far = gl.load(idx_row + slots + 3 * STEP, mask=slots + 3 * STEP < length,
+                                  other=-1)
             else:
-                idx_after = gl.load(idx_row + slots + 2 * BLOCK_N,
-                                    mask=slots + 2 * BLOCK_N < length, other=-1)
+                idx_after = gl.load(idx_row + slots + 2 * STEP, mask=slots + 2 * STEP < length,
+                                    other=-1)
             # ... then wait for the ring slot, dequantize and publish
             mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
             k0 = k_s.index(2 * s)
@@ -220,8 +233,10 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
             v_s.index(s).store(valid.to(gl.int32))
             fence_async_shared()
             mbarrier.arrive(k_ready.index(s), count=1)
-            it += 1
-            t += 1
+            it += PRODUCERS
+            t += PRODUCERS
+        if PRODUCERS > 1:
+            it = it_end
         line_pos += OVERHEAD + n_sched
         rq += 1
         r += 1

@@ -4,6 +4,7 @@ no host synchronisation. Calls the kernel cannot take go to the portable launche
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -31,6 +32,16 @@ GLUON_PRODUCER_WARPS = 4  # the gather + dequantization warpgroup
 # 160 spills its accumulator's neighbours (436 B at 152). Not timed yet.
 GLUON_PV_REGS = 160
 GLUON_PRODUCER_REGS = 136
+# At most SMALL_H_HEADS heads a query token run the swapped-product kernel with two producer
+# warpgroups (gluon_small_h_kernel.py): the heads are the MMA's N = 16;
+# OPENMLA_SPARSE_GLUON_SMALL_H=0 keeps the 64-row kernel. 16 warps: 128 registers a thread on
+# average, split as below (the softmax warpgroup gets the rest, 112). ptxas for sm_90: 60 bytes
+# of spills at N = 16; at N = 32 (17-32 heads) 950-1200 bytes whatever the split, so those
+# head counts stay on the 64-row kernel.
+SMALL_H_ENV = "OPENMLA_SPARSE_GLUON_SMALL_H"
+SMALL_H_HEADS = 16
+SMALL_H_PV_REGS = 88
+SMALL_H_PRODUCER_REGS = 152
 # the producer prefetches into L2 the token rows of the index tile GLUON_PREFETCH tiles ahead
 # while it dequantizes the current one (``gluon_kernel._prefetch_rows``; 0: none)
 GLUON_PREFETCH = 1
@@ -92,6 +103,11 @@ def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.T
     return out, lse.transpose(1, 2)
 
 
+def small_h(h_q: int) -> bool:
+    """Whether a launch with h_q heads runs the swapped-product kernel."""
+    return h_q <= SMALL_H_HEADS and os.environ.get(SMALL_H_ENV, "1") != "0"
+
+
 def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_scale,
                                 head_dim_v, attn_sink, topk_length, stages,
                                 pv_regs=GLUON_PV_REGS, producer_regs=GLUON_PRODUCER_REGS,
@@ -113,10 +129,17 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     half, d_rope = head_dim_v // 2, d_qk - head_dim_v
     q2 = q.contiguous().view(b * s_q * h_q, d_qk)  # rows: request, token, head
 
-    grid = (-(-h_q // GLUON_BLOCK_H), s_q, num_parts)
-    _sparse_decode_gluon_kernel[grid](
-        tma_descriptor(q2, [GLUON_BLOCK_H, half], gl.bfloat16),
-        tma_descriptor(q2, [GLUON_BLOCK_H, d_rope], gl.bfloat16),
+    kernel, block_h = _sparse_decode_gluon_kernel, GLUON_BLOCK_H
+    if small_h(h_q):
+        from .gluon_small_h_kernel import _sparse_decode_gluon_small_h_kernel as kernel
+
+        block_h = 16 if h_q <= 16 else 32
+        if pv_regs == GLUON_PV_REGS and producer_regs == GLUON_PRODUCER_REGS:
+            pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
+    grid = (-(-h_q // block_h), s_q, num_parts)
+    kernel[grid](
+        tma_descriptor(q2, [block_h, half], gl.bfloat16),
+        tma_descriptor(q2, [block_h, d_rope], gl.bfloat16),
         kc, indices, topk_length if topk_length is not None else indices,
         attn_sink if attn_sink is not None else lse, meta, num_splits,
         out, lse, o_acc, lse_acc,
@@ -126,7 +149,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         lse.stride(0), lse.stride(1), lse.stride(2),
         o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
         lse_acc.stride(0), lse_acc.stride(1),
-        PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=GLUON_BLOCK_H,
+        PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
         BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
         STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
@@ -139,8 +162,8 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
 # --- offline compilation for sm_90 (no GPU needed): tests and reports ------------------------
 
 def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool = True,
-                 stages: int = GLUON_STAGES, pv_regs: int = GLUON_PV_REGS,
-                 producer_regs: int = GLUON_PRODUCER_REGS):
+                 stages: int = GLUON_STAGES, pv_regs: int | None = None,
+                 producer_regs: int | None = None, block_h: int = GLUON_BLOCK_H):
     """The split kernel compiled for Hopper (sm_90) with 16-divisible pointers and strides, as
     a launch at production shapes specialises it. Must run without TRITON_INTERPRET."""
     import triton
@@ -148,18 +171,25 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from .gluon_kernel import _sparse_decode_gluon_kernel as fn
+    if block_h == GLUON_BLOCK_H:
+        from .gluon_kernel import _sparse_decode_gluon_kernel as fn
+        regs = (GLUON_PV_REGS, GLUON_PRODUCER_REGS)
+    else:
+        from .gluon_small_h_kernel import _sparse_decode_gluon_small_h_kernel as fn
+        regs = (SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS)
+    pv_regs = regs[0] if pv_regs is None else pv_regs
+    producer_regs = regs[1] if producer_regs is None else producer_regs
 
     def desc(shape):
         layout = nvmma_layout(tuple(shape), gl.bfloat16)
         return f"tensordesc<bf16[{','.join(map(str, shape))}],{layout!r}>"
 
-    types = {"q_desc": desc([GLUON_BLOCK_H, D_V // 2]), "qr_desc": desc([GLUON_BLOCK_H, 64]),
+    types = {"q_desc": desc([block_h, D_V // 2]), "qr_desc": desc([block_h, 64]),
              "k_ptr": "*u8", "idx_ptr": "*i32", "topk_len_ptr": "*i32", "sink_ptr": "*fp32",
              "meta_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": "*bf16",
              "lse_ptr": "*fp32", "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32",
              "scale_log2": "fp32"}
-    ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=GLUON_BLOCK_H,
+    ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=block_h,
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink, STAGES=stages, PV_REGS=pv_regs,
               PRODUCER_REGS=producer_regs, PRODUCER_WARPS=GLUON_PRODUCER_WARPS,
