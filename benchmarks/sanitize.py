@@ -87,8 +87,10 @@ CASES = {
         ("triton MODEL1 + extra", lambda: _sparse_decode("triton", 2, 1, 64, 300, 64, 512, 64,
                                                          True)),
         ("gluon V3.2", lambda: _sparse_decode("gluon", 2, 2, 64, 300, 128, 576, 64, False)),
-        ("gluon V3.2 16 heads", lambda: _sparse_decode("gluon", 3, 1, 16, 300, 100, 576, 61,
-                                                       False)),
+        ("gluon V3.2 16 heads (swapped)", lambda: _sparse_decode("gluon", 3, 1, 16, 300, 100,
+                                                                 576, 61, False)),
+        ("gluon V3.2 2x8 heads (swapped)", lambda: _sparse_decode("gluon", 4, 2, 8, 500, 200,
+                                                                  576, 64, False)),
     ],
     "sparse_prefill": [
         ("triton d576", lambda: _sparse_prefill("triton", 5, 300, 64, 128, 576)),
