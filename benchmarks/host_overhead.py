@@ -3,7 +3,9 @@ the event-timed call (what `openmla bench` reports: host gaps between kernels in
 host time per call (calls queued without synchronisation), per backend, with a cProfile of the
 host side of the slowest backend.
 
-    PYTHONPATH=src python benchmarks/host_overhead.py [--shape b s_q h_q s_k]
+    PYTHONPATH=src python benchmarks/host_overhead.py [--shape b s_q h_q s_k] [--op sparse_decode]
+
+(sparse decode: V3.2 cache, topk 2048; ``s_k`` is the cache length.)
 """
 import argparse
 import cProfile
@@ -35,9 +37,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", nargs=4, type=int, default=[128, 1, 128, 1024])
     ap.add_argument("--backends", nargs="*", default=["triton", "gluon"])
+    ap.add_argument("--op", default="dense_decode", choices=["dense_decode", "sparse_decode"])
     args = ap.parse_args()
     b, s_q, h_q, s_k = args.shape
-    case = gen.dense_decode_inputs(b, s_q, h_q, s_k, device="cuda", seed=0)
+    if args.op == "dense_decode":
+        case = gen.dense_decode_inputs(b, s_q, h_q, s_k, device="cuda", seed=0)
+    else:
+        case = gen.sparse_decode_inputs(b, s_q, h_q, s_k, 2048, varlen=False, device="cuda",
+                                        seed=0)
     kw = gen.public_kwargs(case)
     meta = openmla.get_mla_metadata()[0]  # one schedule reused, as an engine does per step
 
@@ -46,7 +53,7 @@ def main():
 
     rows = []
     for be in args.backends:
-        os.environ["OPENMLA_BACKEND_DENSE_DECODE"] = be
+        os.environ[f"OPENMLA_BACKEND_{args.op.upper()}"] = be
         meta = openmla.get_mla_metadata()[0]
         call()
         ev = time_fn(call, device="cuda", budget_s=0.5, max_runs=100).p50
@@ -63,7 +70,7 @@ def main():
         pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(14)
         print(f"--- host profile, {be}, 100 calls ---")
         print("\n".join(buf.getvalue().splitlines()[6:24]))
-    print(f"\nshape b={b} s_q={s_q} h_q={h_q} s_k={s_k}")
+    print(f"\n{args.op} b={b} s_q={s_q} h_q={h_q} s_k={s_k}")
     print(f"{'backend':8} {'events us':>10} {'graph us':>10} {'host us':>10}")
     for be, ev, gr, ho in rows:
         print(f"{be:8} {ev:10.1f} {gr:10.1f} {ho:10.1f}")
