@@ -5,6 +5,7 @@ import torch
 import triton
 
 from ...device import interpreting
+from .._launch import launch
 from .kernel import _decode_combine_kernel
 
 COMBINE_BLOCK_H = 8  # heads per program: one warp per head, as FlashMLA's combine
@@ -16,12 +17,12 @@ def decode_combine(o_acc: torch.Tensor, lse_acc: torch.Tensor, num_splits: torch
     """Merge split pieces into ``out [b, s_q, h_q, D_V]`` and ``lse [b, h_q, s_q]`` in place."""
     b, s_q, h_q, d_v = out.shape
     grid = (b * s_q, triton.cdiv(h_q, COMBINE_BLOCK_H))
-    _decode_combine_kernel[grid](
+    launch(_decode_combine_kernel, grid, (
         o_acc, lse_acc, num_splits, attn_sink if attn_sink is not None else lse_acc, out, lse,
         s_q, h_q,
         o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
         lse_acc.stride(0), lse_acc.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(2), lse.stride(1),
-        D_V=d_v, BLOCK_H=COMBINE_BLOCK_H, HAS_SINK=attn_sink is not None,
-        ROUND_OUT=interpreting() and out.dtype == torch.bfloat16, num_warps=4)
+        lse.stride(0), lse.stride(2), lse.stride(1)),
+        dict(D_V=d_v, BLOCK_H=COMBINE_BLOCK_H, HAS_SINK=attn_sink is not None,
+             ROUND_OUT=interpreting() and out.dtype == torch.bfloat16, num_warps=4))

@@ -10,6 +10,7 @@ import torch
 from ... import _library
 from ...device import device_info, interpreting
 from .._gluon_host import tma_descriptor
+from .._launch import launch
 from ..combine.launch import decode_combine
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
 from ..schedule.launch import whole_request_parts
@@ -226,7 +227,7 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
 
         block_h, pv_regs = (16 if rows <= 16 else 32), SMALL_H_PV_REGS
     grid = (-(-rows // block_h), 1, num_parts)
-    kernel[grid](
+    launch(kernel, grid, (
         tma_descriptor(q2, [block_h, half], gdt),
         tma_descriptor(q2, [block_h, d_rope], gdt),
         tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),
@@ -234,11 +235,11 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
         block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
         softmax_scale * LOG2E, s_q, h_q,
         block_table.stride(0),
-        *_output_strides(out, lse, o_acc, lse_acc),
+        *_output_strides(out, lse, o_acc, lse_acc)), dict(
         PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
         BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=pv_regs,
         LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
-        TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4)
+        TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4))
     decode_combine(o_acc, lse_acc, num_splits, out, lse)
     return out, lse

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from .._launch import launch
 from .kernel import _decode_schedule_kernel
 from .ref import BLOCK_N, META_COLS, REQUEST_OVERHEAD
 
@@ -41,9 +42,8 @@ def decode_schedule(lengths: torch.Tensor, num_parts: int,
     b = lengths.shape[0]
     meta = torch.empty(num_parts, META_COLS, dtype=torch.int32, device=lengths.device)
     num_splits = torch.empty(b + 1, dtype=torch.int32, device=lengths.device)
-    _decode_schedule_kernel[(1,)](
-        lengths, meta, num_splits, b, num_parts,
-        BLOCK_N=BLOCK_N, OVERHEAD=overhead, META_COLS=META_COLS,
-        CHUNK=min(SCHEDULE_CHUNK, triton.next_power_of_2(max(b, 1))),
-        PARTS=triton.next_power_of_2(num_parts), num_warps=4)
+    launch(_decode_schedule_kernel, (1,), (lengths, meta, num_splits, b, num_parts),
+           dict(BLOCK_N=BLOCK_N, OVERHEAD=overhead, META_COLS=META_COLS,
+                CHUNK=min(SCHEDULE_CHUNK, triton.next_power_of_2(max(b, 1))),
+                PARTS=triton.next_power_of_2(num_parts), num_warps=4))
     return meta, num_splits

@@ -11,6 +11,7 @@ import torch
 from ... import _library
 from ...device import device_info
 from .._gluon_host import nvmma_layout, tma_descriptor
+from .._launch import launch
 from ..combine.launch import decode_combine
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
 from ..schedule.launch import whole_request_parts
@@ -137,7 +138,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         if pv_regs == GLUON_PV_REGS and producer_regs == GLUON_PRODUCER_REGS:
             pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
     grid = (-(-h_q // block_h), s_q, num_parts)
-    kernel[grid](
+    launch(kernel, grid, (
         tma_descriptor(q2, [block_h, half], gl.bfloat16),
         tma_descriptor(q2, [block_h, d_rope], gl.bfloat16),
         kc, indices, topk_length if topk_length is not None else indices,
@@ -148,12 +149,12 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
         o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
-        lse_acc.stride(0), lse_acc.stride(1),
+        lse_acc.stride(0), lse_acc.stride(1)), dict(
         PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
         BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
         STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
-        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, num_warps=4)
+        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, num_warps=4))
     if combine:
         decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
     return out, lse
