@@ -92,3 +92,14 @@ def test_fast_path_matches_the_jit_path_gpu(op, monkeypatch):
         for got in (fast[i], fast[i + len(cases)]):
             assert torch.equal(got[0], out), i
             assert torch.equal(got[1].nan_to_num(), lse.nan_to_num()), i
+
+
+def test_idle_hooks():
+    from triton import knobs
+
+    assert _launch._idle(None)
+    chain = knobs.HookChain()
+    assert _launch._idle(chain)
+    chain.add(print)
+    assert not _launch._idle(chain)
+    assert not _launch._idle(print)

@@ -58,6 +58,12 @@ def _kw_key(v):
     return _arg_key(v) if isinstance(v, torch.Tensor) or hasattr(v, "block_shape") else v
 
 
+def _idle(hook) -> bool:
+    """No launch hook to call (Triton 3.6 keeps an empty chain of them by default); with one
+    (a profiler), calls take the JIT path, which hands the hook its metadata."""
+    return hook is None or (isinstance(getattr(hook, "calls", None), list) and not hook.calls)
+
+
 MAX_KEYS = 64  # specialisations kept per kernel; beyond that calls take the JIT path
 
 
@@ -67,8 +73,8 @@ def launch(kernel, grid: tuple, args: tuple, kwargs: dict) -> None:
     parameters in order; the rest come as keywords (or their defaults)."""
     from triton import knobs
 
-    if (not _enabled() or knobs.runtime.launch_enter_hook is not None
-            or knobs.runtime.launch_exit_hook is not None):
+    if (not _enabled() or not _idle(knobs.runtime.launch_enter_hook)
+            or not _idle(knobs.runtime.launch_exit_hook)):
         kernel[grid](*args, **kwargs)
         return
     from triton.runtime import driver
