@@ -135,6 +135,9 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
     rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [WARPS, 1], [1, 0])
     row_l: gl.constexpr = gl.SliceLayout(1, nope_l)
     rrow_l: gl.constexpr = gl.SliceLayout(1, rope_l)
+    # the 4 fp32 scales of a row in one thread (16 bytes), rows spread as in nope_l
+    sc_l: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [WARPS, 1], [1, 0])
+    srow_l: gl.constexpr = gl.SliceLayout(1, sc_l)
     D_ROPE: gl.constexpr = kr_s.shape[2]
 
     pid_h = gl.program_id(0)
@@ -146,6 +149,7 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
     offs_n = gl.arange(0, BLOCK_N, layout=row_l)
     cols = gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, nope_l)), 0)
     rcols = gl.expand_dims(gl.arange(0, D_ROPE, layout=gl.SliceLayout(0, rope_l)), 0)
+    scols = gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l)), 0)
     it = 0
     rq = 0
     r = begin_req
@@ -195,11 +199,15 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
             raw1 = gl.load(row_ptr + GROUP, mask=vmask, other=0)
             raw2 = gl.load(row_ptr + 2 * GROUP, mask=vmask, other=0)
             raw3 = gl.load(row_ptr + 3 * GROUP, mask=vmask, other=0)
-            sc_ptr = (tok_ptr + SCALE_OFFSET).to(gl.pointer_type(gl.float32))
-            sc0 = gl.load(sc_ptr, mask=valid, other=0.0)
-            sc1 = gl.load(sc_ptr + 1, mask=valid, other=0.0)
-            sc2 = gl.load(sc_ptr + 2, mask=valid, other=0.0)
-            sc3 = gl.load(sc_ptr + 3, mask=valid, other=0.0)
+            # the four scales of a row: one 16-byte load
+            sc_ptr = (gl.convert_layout(tok_ptr, srow_l) + SCALE_OFFSET).to(
+                gl.pointer_type(gl.float32))
+            sc4 = gl.load(gl.expand_dims(sc_ptr, 1) + scols,
+                          mask=gl.expand_dims(gl.convert_layout(valid, srow_l), 1), other=0.0)
+            sc0 = gl.convert_layout(gl.sum(gl.where(scols == 0, sc4, 0.0), axis=1), row_l)
+            sc1 = gl.convert_layout(gl.sum(gl.where(scols == 1, sc4, 0.0), axis=1), row_l)
+            sc2 = gl.convert_layout(gl.sum(gl.where(scols == 2, sc4, 0.0), axis=1), row_l)
+            sc3 = gl.convert_layout(gl.sum(gl.where(scols == 3, sc4, 0.0), axis=1), row_l)
             r_ptr = gl.convert_layout(tok_ptr + ROPE_OFFSET, rrow_l).to(
                 gl.pointer_type(gl.bfloat16))
             r_valid = gl.expand_dims(gl.convert_layout(valid, rrow_l), 1)
