@@ -18,6 +18,13 @@ through shared memory:
   and accumulates O_L = O_L·α + P·V[:, :256];
 * PV warpgroup: O_R = O_R·α + P·V[:, 256:] with P read from shared memory.
 
+At h_q <= 16 (``SWAP``) the same pieces run the swapped product: the heads are the MMA's N
+(BLOCK_H = 16), Sᵀ [64 slots, heads] = K·Qᵀ, the online softmax runs over axis 0 (a reduction
+across the warps), Pᵀ goes through shared memory and each warpgroup accumulates its half of
+Oᵀ [256, heads] = Vᵀ·Pᵀ with Vᵀ read transposed from the key tile. The smaller accumulators free
+the registers for a second producer partition: the tiles of a part alternate between the two
+(each fills its own ring stage), so two tiles' gathers are in flight; the first loads Q.
+
 Each request ends with one more message from the softmax warpgroup: the factor every output row
 is multiplied by (1/l, with the sink's 1/(1 + 2^(σ·log2e − lse₂)) for a request kept in one piece,
 0 for rows that saw no valid key), so both warpgroups store their half without further talk.
@@ -89,6 +96,23 @@ def _store_half(acc, fin, r, tok, head, mask_r, offs_d, whole, split, piece, out
     acc_ptrs = (o_acc_ptr + piece.to(gl.int64) * stride_oa_piece + tok * stride_oa_t
                 + head2 * stride_oa_h + d2)
     gl.store(acc_ptrs, o, mask=mask2 & split)
+
+
+@gluon.jit
+def _request_factors(l_i, m_i, whole, sink2, HAS_SINK: gl.constexpr):
+    """Per output row at the end of a request: whether it saw a key, its lse (base 2) and the
+    factor its output is multiplied by (1/l, with the sink's 1/(1 + 2^(σ·log2e − lse₂)) for a
+    request kept in one piece, 0 for rows that saw no key)."""
+    has_keys = l_i > 0.0
+    safe_l = gl.where(has_keys, l_i, 1.0)
+    lse2 = gl.where(has_keys, m_i + gl.log2(safe_l), float("-inf"))  # base 2
+    inv = 1.0 / safe_l  # acc is 0 in rows that saw no key
+    fin = inv
+    if HAS_SINK:
+        # out · 1 / (1 + 2^(σ·log2e − lse₂)); σ = +inf → 0; rows without keys stay 0
+        gap = sink2 - gl.where(has_keys, lse2, 0.0)
+        fin = gl.where(whole, gl.where(has_keys, inv / (1.0 + gl.exp2(gap)), 0.0), inv)
+    return has_keys, lse2, fin
 
 
 @gluon.jit
@@ -277,6 +301,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
         meta_ptr, pid_part, META_COLS)
     head_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_s)
     mask_s = head_s < h_q
+    sink2 = gl.zeros([BLOCK_H], gl.float32, layout=row_s)  # read only with a sink
     if HAS_SINK:
         sink2 = gl.load(sink_ptr + head_s, mask=mask_s, other=float("-inf")) * LOG2E
     head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
@@ -333,15 +358,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
         # a request with no index tile in this part: Q was never read
         mbarrier.arrive(q_free, count=1, pred=t_hi <= t_lo)
         whole, split, piece = _pieces(num_splits_ptr, r, line_pos, n_sched, payload, pid_part, OVERHEAD)
-        has_keys = l_i > 0.0
-        safe_l = gl.where(has_keys, l_i, 1.0)
-        lse2 = gl.where(has_keys, m_i + gl.log2(safe_l), float("-inf"))  # base 2
-        inv = 1.0 / safe_l  # acc is 0 in rows that saw no key
-        fin = inv
-        if HAS_SINK:
-            # out · 1 / (1 + 2^(σ·log2e − lse₂)); σ = +inf → 0; rows without keys stay 0
-            gap = sink2 - gl.where(has_keys, lse2, 0.0)
-            fin = gl.where(whole, gl.where(has_keys, inv / (1.0 + gl.exp2(gap)), 0.0), inv)
+        has_keys, lse2, fin = _request_factors(l_i, m_i, whole, sink2, HAS_SINK)
         # final message of the request: the factor of each output row, for the PV warpgroup
         mbarrier.wait(p_free, (msg & 1) ^ 1)
         a_s.store(fin)
@@ -361,39 +378,153 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
 
 
 @gluon.jit
-def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr, meta_ptr,
-                  num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk,
-                  stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
-                  D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
-                  OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
-                  HAS_TOPK_LEN: gl.constexpr, STAGES: gl.constexpr):
+def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+                         p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr, num_splits_ptr,
+                         out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, scale_log2, h_q, topk,
+                         stride_ob, stride_ot, stride_oh, stride_lb, stride_lt, stride_lh,
+                         stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
+                         stride_la_t,
+                         D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                         OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
+                         HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+                         STAGES: gl.constexpr):
+    """The softmax warpgroup of the swapped product (h_q <= 16): Sᵀ = K·Qᵀ [slots, heads],
+    the online softmax over axis 0, Pᵀ to the PV warpgroup, Oᵀ_L += Vᵀ[:256, :]·Pᵀ."""
+    # Sᵀ [BLOCK_N slots, BLOCK_H heads] and Oᵀ [D_HALF, BLOCK_H]: wgmma accumulators, N = BLOCK_H
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_H, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, D_HALF, 16])
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+                                                       instr_shape=[16, BLOCK_H, 16])
+    key_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    head_sl: gl.constexpr = gl.SliceLayout(0, s_layout)
+    d_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    head_ol: gl.constexpr = gl.SliceLayout(0, o_layout)
+
     pid_h = gl.program_id(0)
     tok = gl.program_id(1)
     pid_part = gl.program_id(2)
     begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
         meta_ptr, pid_part, META_COLS)
-    head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
+    head_s = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=head_sl)
+    mask_s = head_s < h_q
+    sink2 = gl.zeros([BLOCK_H], gl.float32, layout=head_sl)  # read only with a sink
+    if HAS_SINK:
+        sink2 = gl.load(sink_ptr + head_s, mask=mask_s, other=float("-inf")) * LOG2E
+    head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=head_ol)
     mask_o = head_o < h_q
-    offs_d = D_HALF + gl.arange(0, D_HALF, layout=col_o)
+    offs_d = gl.arange(0, D_HALF, layout=d_o)
+
+    it = 0
+    msg = 0
+    rq = 0
+    r = begin_req
+    while r <= end_req:
+        length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
+                                                     part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
+        mbarrier.wait(q_ready, rq & 1)
+        m_i = gl.full([BLOCK_H], MAX_SENTINEL, gl.float32, layout=head_sl)
+        l_i = gl.zeros([BLOCK_H], gl.float32, layout=head_sl)
+        acc = gl.zeros([D_HALF, BLOCK_H], gl.float32, layout=o_layout)
+        t = t_lo
+        while t < t_hi:
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            k0 = k_s.index(2 * s)
+            k1 = k_s.index(2 * s + 1)
+            st = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=s_layout)
+            st = warpgroup_mma(k0, q_s.index(0).permute((1, 0)), st, use_acc=False,
+                               is_async=True)
+            st = warpgroup_mma(k1, q_s.index(1).permute((1, 0)), st, is_async=True)
+            st = warpgroup_mma(kr_s.index(s), qr_s.permute((1, 0)), st, is_async=True)
+            valid = gl.expand_dims(v_s.index(s).load(key_s) != 0, 1)
+            st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
+            # Q is read only by Sᵀ = K·Qᵀ: free it after the request's last tile of scores
+            mbarrier.arrive(q_free, count=1, pred=t == t_hi - 1)
+            st = gl.where(valid, st * scale_log2, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(st, axis=0))
+            p = gl.exp2(st - gl.expand_dims(m_new, 0))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, axis=0)
+            m_i = m_new
+            # hand Pᵀ and the rescale factors to the PV warpgroup
+            mbarrier.wait(p_free, (msg & 1) ^ 1)
+            p_s.store(p.to(k_s.dtype))
+            a_s.store(alpha)
+            fence_async_shared()
+            mbarrier.arrive(p_ready, count=1)
+            msg += 1
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, head_ol), 0)
+            acc = warpgroup_mma(k0.permute((1, 0)), p_s, acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(k_free.index(s), count=1)
+            it += 1
+            t += 1
+        # a request with no index tile in this part: Q was never read
+        mbarrier.arrive(q_free, count=1, pred=t_hi <= t_lo)
+        whole, split, piece = _pieces(num_splits_ptr, r, line_pos, n_sched, payload, pid_part,
+                                      OVERHEAD)
+        has_keys, lse2, fin = _request_factors(l_i, m_i, whole, sink2, HAS_SINK)
+        # final message of the request: the factor of each output row, for the PV warpgroup
+        mbarrier.wait(p_free, (msg & 1) ^ 1)
+        a_s.store(fin)
+        mbarrier.arrive(p_ready, count=1)
+        msg += 1
+        _store_half(acc, gl.convert_layout(fin, head_ol), r, tok, head_o, mask_o, offs_d, whole,
+                    split, piece, out_ptr, o_acc_ptr, stride_ob, stride_ot, stride_oh,
+                    stride_oa_piece, stride_oa_t, stride_oa_h, ROW_AXIS=1)
+        lse_nat = gl.where(has_keys, lse2 * LN2, float("inf"))
+        gl.store(lse_ptr + r.to(gl.int64) * stride_lb + tok * stride_lt + head_s * stride_lh,
+                 lse_nat, mask=mask_s & whole)
+        gl.store(lse_acc_ptr + piece.to(gl.int64) * stride_la_piece + tok * stride_la_t + head_s,
+                 lse2, mask=mask_s & split)
+        line_pos += OVERHEAD + n_sched
+        rq += 1
+        r += 1
+
+
+@gluon.jit
+def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr, meta_ptr,
+                  num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk,
+                  stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
+                  D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                  OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
+                  HAS_TOPK_LEN: gl.constexpr, STAGES: gl.constexpr, SWAP: gl.constexpr = False):
+    """O_R = O_R·α + P·V[:, 256:] (SWAP: Oᵀ_R = Oᵀ_R·α + Vᵀ[256:, :]·Pᵀ, heads along axis 1)."""
+    HEAD_AXIS: gl.constexpr = 1 if SWAP else 0
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H if SWAP else D_HALF, 16])
+    head_ol: gl.constexpr = gl.SliceLayout(1 - HEAD_AXIS, o_layout)
+    d_o: gl.constexpr = gl.SliceLayout(HEAD_AXIS, o_layout)
+    pid_h = gl.program_id(0)
+    tok = gl.program_id(1)
+    pid_part = gl.program_id(2)
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
+    head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=head_ol)
+    mask_o = head_o < h_q
+    offs_d = D_HALF + gl.arange(0, D_HALF, layout=d_o)
     it = 0
     msg = 0
     r = begin_req
     while r <= end_req:
         length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
                                                      part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
-        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        if SWAP:
+            acc = gl.zeros([D_HALF, BLOCK_H], gl.float32, layout=o_layout)
+        else:
+            acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
         t = t_lo
         while t < t_hi:
             s = it % STAGES
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
             mbarrier.wait(p_ready, msg & 1)
-            alpha = a_s.load(row_o)
-            acc = acc * gl.expand_dims(alpha, 1)
-            acc = warpgroup_mma(p_s, k_s.index(2 * s + 1), acc, is_async=True)
+            alpha = a_s.load(head_ol)
+            acc = acc * gl.expand_dims(alpha, 1 - HEAD_AXIS)
+            if SWAP:
+                acc = warpgroup_mma(k_s.index(2 * s + 1).permute((1, 0)), p_s, acc,
+                                    is_async=True)
+            else:
+                acc = warpgroup_mma(p_s, k_s.index(2 * s + 1), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(p_free, count=1)
             mbarrier.arrive(k_free.index(s), count=1)
@@ -401,12 +532,14 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
             it += 1
             t += 1
         mbarrier.wait(p_ready, msg & 1)
-        fin = a_s.load(row_o)
+        fin = a_s.load(head_ol)
         mbarrier.arrive(p_free, count=1)
         msg += 1
-        whole, split, piece = _pieces(num_splits_ptr, r, line_pos, n_sched, payload, pid_part, OVERHEAD)
-        _store_half(acc, fin, r, tok, head_o, mask_o, offs_d, whole, split, piece, out_ptr, o_acc_ptr,
-                    stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h)
+        whole, split, piece = _pieces(num_splits_ptr, r, line_pos, n_sched, payload, pid_part,
+                                      OVERHEAD)
+        _store_half(acc, fin, r, tok, head_o, mask_o, offs_d, whole, split, piece, out_ptr,
+                    o_acc_ptr, stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t,
+                    stride_oa_h, ROW_AXIS=HEAD_AXIS)
         line_pos += OVERHEAD + n_sched
         r += 1
 
@@ -426,19 +559,26 @@ def _sparse_decode_gluon_kernel(
     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, OVERHEAD: gl.constexpr,
     META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-    PRODUCER_WARPS: gl.constexpr, PREFETCH: gl.constexpr = 1,
+    PRODUCER_WARPS: gl.constexpr, PREFETCH: gl.constexpr = 1, SWAP: gl.constexpr = False,
 ):
+    # SWAP (h_q <= 16, BLOCK_H = 16): the swapped product, with two producer partitions taking
+    # alternate tiles (each fills its own ring stage)
+    gl.static_assert(not SWAP or STAGES == 2)
     dtype: gl.constexpr = gl.bfloat16
     k_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_HALF], dtype)
     kr_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_ROPE], dtype)
-    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
     q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], q_desc.layout)
     qr_s = gl.allocate_shared_memory(dtype, [BLOCK_H, D_ROPE], qr_desc.layout)
     k_s = gl.allocate_shared_memory(dtype, [2 * STAGES, BLOCK_N, D_HALF], k_layout)
     kr_s = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D_ROPE], kr_layout)
     v_s = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N],
                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
+    if SWAP:  # Pᵀ
+        p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], dtype)
+        p_s = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_H], p_layout)
+    else:
+        p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
+        p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
     a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -456,21 +596,43 @@ def _sparse_decode_gluon_kernel(
         mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
     fence_async_shared()
 
-    gl.warp_specialize([
-        (_softmax_partition, (q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready,
-                              k_free, p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr,
-                              num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
-                              scale_log2, h_q, topk, stride_ob, stride_ot, stride_oh,
-                              stride_lb, stride_lt, stride_lh, stride_oa_piece, stride_oa_t,
-                              stride_oa_h, stride_la_piece, stride_la_t, D_HALF, BLOCK_H,
-                              BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES)),
-        (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
-                         meta_ptr, num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk, stride_ob,
-                         stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
-                         D_HALF, BLOCK_H, BLOCK_N, OVERHEAD, META_COLS, HAS_TOPK_LEN, STAGES)),
-        (_producer_partition, (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free,
-                               k_ready, k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q,
-                               topk, num_tokens, stride_kp, stride_ib, stride_it, D_HALF,
-                               BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD, META_COLS, HAS_TOPK_LEN,
-                               STAGES, PRODUCER_WARPS, PREFETCH)),
-    ], [4, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS])
+    # (argument tuples written out in each call: a tuple held in a variable loses the
+    # constexpr-ness of its members)
+    if SWAP:
+        gl.warp_specialize([
+            (_softmax_partition_swapped, (q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+              p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr, num_splits_ptr, out_ptr,
+              lse_ptr, o_acc_ptr, lse_acc_ptr, scale_log2, h_q, topk, stride_ob, stride_ot,
+              stride_oh, stride_lb, stride_lt, stride_lh, stride_oa_piece, stride_oa_t,
+              stride_oa_h, stride_la_piece, stride_la_t, D_HALF, BLOCK_H, BLOCK_N, OVERHEAD,
+              META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES)),
+            (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr, meta_ptr,
+              num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk, stride_ob, stride_ot, stride_oh,
+              stride_oa_piece, stride_oa_t, stride_oa_h, D_HALF, BLOCK_H, BLOCK_N, OVERHEAD,
+              META_COLS, HAS_TOPK_LEN, STAGES, SWAP)),
+            (_producer_partition, (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free, k_ready,
+              k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q, topk, num_tokens,
+              stride_kp, stride_ib, stride_it, D_HALF, BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD,
+              META_COLS, HAS_TOPK_LEN, STAGES, PRODUCER_WARPS, PREFETCH, 2, 0)),
+            (_producer_partition, (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free, k_ready,
+              k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q, topk, num_tokens,
+              stride_kp, stride_ib, stride_it, D_HALF, BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD,
+              META_COLS, HAS_TOPK_LEN, STAGES, PRODUCER_WARPS, PREFETCH, 2, 1)),
+        ], [4, PRODUCER_WARPS, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS, PRODUCER_REGS])
+    else:
+        gl.warp_specialize([
+            (_softmax_partition, (q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+              p_ready, p_free, topk_len_ptr, sink_ptr, meta_ptr, num_splits_ptr, out_ptr,
+              lse_ptr, o_acc_ptr, lse_acc_ptr, scale_log2, h_q, topk, stride_ob, stride_ot,
+              stride_oh, stride_lb, stride_lt, stride_lh, stride_oa_piece, stride_oa_t,
+              stride_oa_h, stride_la_piece, stride_la_t, D_HALF, BLOCK_H, BLOCK_N, OVERHEAD,
+              META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES)),
+            (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr, meta_ptr,
+              num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk, stride_ob, stride_ot, stride_oh,
+              stride_oa_piece, stride_oa_t, stride_oa_h, D_HALF, BLOCK_H, BLOCK_N, OVERHEAD,
+              META_COLS, HAS_TOPK_LEN, STAGES, SWAP)),
+            (_producer_partition, (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free, k_ready,
+              k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q, topk, num_tokens,
+              stride_kp, stride_ib, stride_it, D_HALF, BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD,
+              META_COLS, HAS_TOPK_LEN, STAGES, PRODUCER_WARPS, PREFETCH)),
+        ], [4, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS])

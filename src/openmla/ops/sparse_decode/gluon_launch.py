@@ -34,7 +34,7 @@ GLUON_PRODUCER_WARPS = 4  # the gather + dequantization warpgroup
 GLUON_PV_REGS = 160
 GLUON_PRODUCER_REGS = 136
 # At most SMALL_H_HEADS heads a query token run the swapped-product kernel with two producer
-# warpgroups (gluon_small_h_kernel.py): the heads are the MMA's N = 16;
+# warpgroups (``gluon_kernel.py`` with SWAP): the heads are the MMA's N = 16;
 # OPENMLA_SPARSE_GLUON_SMALL_H=0 keeps the 64-row kernel. 16 warps: 128 registers a thread on
 # average, split as below (the softmax warpgroup gets the rest, 112). ptxas for sm_90: 60 bytes
 # of spills at N = 16; at N = 32 (17-32 heads) 950-1200 bytes whatever the split, so those
@@ -130,15 +130,12 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     half, d_rope = head_dim_v // 2, d_qk - head_dim_v
     q2 = q.contiguous().view(b * s_q * h_q, d_qk)  # rows: request, token, head
 
-    kernel, block_h = _sparse_decode_gluon_kernel, GLUON_BLOCK_H
-    if small_h(h_q):
-        from .gluon_small_h_kernel import _sparse_decode_gluon_small_h_kernel as kernel
-
-        block_h = 16 if h_q <= 16 else 32
-        if pv_regs == GLUON_PV_REGS and producer_regs == GLUON_PRODUCER_REGS:
-            pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
+    swap = small_h(h_q)
+    block_h = 16 if swap else GLUON_BLOCK_H
+    if swap and pv_regs == GLUON_PV_REGS and producer_regs == GLUON_PRODUCER_REGS:
+        pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
     grid = (-(-h_q // block_h), s_q, num_parts)
-    launch(kernel, grid, (
+    launch(_sparse_decode_gluon_kernel, grid, (
         tma_descriptor(q2, [block_h, half], gl.bfloat16),
         tma_descriptor(q2, [block_h, d_rope], gl.bfloat16),
         kc, indices, topk_length if topk_length is not None else indices,
@@ -154,7 +151,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
         STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
-        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, num_warps=4))
+        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, SWAP=swap, num_warps=4))
     if combine:
         decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
     return out, lse
@@ -172,12 +169,11 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    if block_h == GLUON_BLOCK_H:
-        from .gluon_kernel import _sparse_decode_gluon_kernel as fn
-        regs = (GLUON_PV_REGS, GLUON_PRODUCER_REGS)
-    else:
-        from .gluon_small_h_kernel import _sparse_decode_gluon_small_h_kernel as fn
-        regs = (SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS)
+    from .gluon_kernel import _sparse_decode_gluon_kernel as fn
+
+    swap = block_h != GLUON_BLOCK_H
+    regs = (SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS) if swap else (GLUON_PV_REGS,
+                                                                   GLUON_PRODUCER_REGS)
     pv_regs = regs[0] if pv_regs is None else pv_regs
     producer_regs = regs[1] if producer_regs is None else producer_regs
 
@@ -194,7 +190,7 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink, STAGES=stages, PV_REGS=pv_regs,
               PRODUCER_REGS=producer_regs, PRODUCER_WARPS=GLUON_PRODUCER_WARPS,
-              PREFETCH=GLUON_PREFETCH)
+              PREFETCH=GLUON_PREFETCH, SWAP=swap)
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in ce:
