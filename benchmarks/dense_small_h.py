@@ -1,5 +1,5 @@
 """Dense decode at s_q·h_q <= 32 on a Hopper GPU: the default Gluon kernel (64-row tiles) against
-the experimental swapped-product kernel (gluon_small_h_kernel.py, OPENMLA_DENSE_GLUON_SMALL_H=1).
+the swapped-product kernel (gluon_kernel.py with SWAP; the default there, OPENMLA_DENSE_GLUON_SMALL_H=0 turns it off).
 
 1. the swapped kernel's first launches and correctness against the float32 reference in a
    subprocess with a watchdog (a hang is reported, not waited on);

@@ -80,7 +80,7 @@ else:
                  k_desc=desc([64, 256]), kr_desc=desc([64, 64]))
     ce = dict(PAGE_SIZE=64, D_HALF=256, D_ROPE=64, BLOCK_H=64, BLOCK_N=64, SCHED_N=64,
               OVERHEAD=5, META_COLS=8, CAUSAL=True, STAGES=2, PV_REGS=208, LOAD_REGS=24,
-              TRACE=False, LOAD_WARPS=1)
+              TRACE=False, LOAD_WARPS=1, SWAP=False)
     src = GluonASTSource(fn=fn, signature=signature(fn, types, ce), constexprs=ce)
     options = {"num_warps": 4}
 k = triton.compile(src, target=TARGET, options=options)

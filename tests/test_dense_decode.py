@@ -278,7 +278,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
-from openmla.ops.dense_decode.gluon_small_h_kernel import _dense_decode_gluon_small_h_kernel as fn
+from openmla.ops.dense_decode.gluon_kernel import _dense_decode_gluon_kernel as fn
 from openmla.ops.dense_decode.launch import GLUON_LOAD_REGS, SMALL_H_PV_REGS
 from openmla.testing.sm90 import ptxas_report
 def desc(shape):
@@ -291,7 +291,7 @@ types = {"q_desc": desc([h, 256]), "qr_desc": desc([h, 64]), "k_desc": desc([64,
          "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "scale_log2": "fp32",
          "progress_ptr": "*i32"}
 ce = dict(PAGE_SIZE=64, D_HALF=256, D_ROPE=64, BLOCK_H=h, BLOCK_N=64, SCHED_N=64, OVERHEAD=5,
-          META_COLS=8, CAUSAL=sys.argv[1] == "1", STAGES=2, PV_REGS=SMALL_H_PV_REGS,
+          META_COLS=8, CAUSAL=sys.argv[1] == "1", STAGES=2, PV_REGS=SMALL_H_PV_REGS, SWAP=True,
           LOAD_REGS=GLUON_LOAD_REGS, TRACE=False, LOAD_WARPS=1)
 sig = {n: "constexpr" if n in ce else types.get(n, "i32") for n in fn.arg_names}
 k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce),

@@ -10,6 +10,12 @@ work of a 64-row query tile spread over three partitions that hand tiles through
   the left half of the output, O_L = O_L·α + P·V[:, :256];
 * PV warpgroup: O_R = O_R·α + P·V[:, 256:] with P read from shared memory.
 
+At s_q·h_q <= 32 (``SWAP``; BLOCK_H = 16 or 32) the same partitions run the swapped product,
+so that the rows are not padded to a 64-row tile (a quarter of the tensor work at h_q = 16): the
+keys are the MMA's M and the rows its N, Sᵀ [64 keys, rows] = K·Qᵀ, the online softmax runs
+over axis 0 (a reduction across the warps), Pᵀ goes through shared memory and each warpgroup
+accumulates its 256-wide half of Oᵀ = Vᵀ·Pᵀ with Vᵀ read transposed from the key tile.
+
 Splitting the 64×512 fp32 output over two warpgroups keeps each accumulator at 128 registers a
 thread (SPEC §6.1); while the softmax warpgroup does its exponentials the other one keeps the
 tensor cores busy. Unused cache rows may hold NaN: the last, partial key tile of a request has its
@@ -278,6 +284,109 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
 
 
 @gluon.jit
+def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+                         p_ready, p_free,
+                         seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr,
+                         lse_acc_ptr, scale_log2, s_q, h_q,
+                         stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                         stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
+                         stride_la_t,
+                         D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                         SCHED_N: gl.constexpr, OVERHEAD: gl.constexpr,
+                         META_COLS: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    # Sᵀ [BLOCK_N keys, BLOCK_H rows] and Oᵀ [D_HALF, BLOCK_H]: wgmma accumulators, N = BLOCK_H
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_H, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_H, 16])
+    key_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    d_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    row_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+    zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
+
+    pid_row = gl.program_id(0)
+    pid_part = gl.program_id(2)
+    rows = s_q * h_q
+    begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
+        meta_ptr, pid_part, META_COLS)
+    last_off_s = gl.arange(0, BLOCK_H, layout=row_s) // h_q  # token of each row (causal mask)
+
+    it = 0
+    msg = 0
+    rq = 0
+    for r in range(begin_req, end_req + 1):
+        seqlen, n_sched, t_lo, t_hi = _request_blocks(
+            seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
+            BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
+        row_last = seqlen - s_q + last_off_s  # [BLOCK_H] last key each row may see
+        mbarrier.wait(q_ready, rq & 1)
+        m_i = gl.full([BLOCK_H], MAX_SENTINEL, gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_s)
+        acc = gl.zeros([D_HALF, BLOCK_H], gl.float32, layout=o_layout)
+        for t in range(t_lo, t_hi):
+            s = it % STAGES
+            mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
+            k0 = k_s.index(2 * s)
+            k1 = k_s.index(2 * s + 1)
+            st = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=s_layout)
+            st = warpgroup_mma(k0, q_s.index(0).permute((1, 0)), st, use_acc=False,
+                               is_async=True)
+            st = warpgroup_mma(k1, q_s.index(1).permute((1, 0)), st, is_async=True)
+            st = warpgroup_mma(kr_s.index(s), qr_s.permute((1, 0)), st, is_async=True)
+            st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
+            if t == t_hi - 1:
+                mbarrier.arrive(q_free, count=1)  # Q is read only by Sᵀ = K·Qᵀ
+            key0 = t * BLOCK_N
+            keys = gl.expand_dims(key0 + gl.arange(0, BLOCK_N, layout=key_s), 1)
+            valid = keys < seqlen
+            if CAUSAL:
+                valid = valid & (keys <= gl.expand_dims(row_last, 0))
+            st = gl.where(valid, st * scale_log2, float("-inf"))
+            if key0 + BLOCK_N > seqlen:
+                # zero the V rows past the sequence end (both halves) before any P·V reads them
+                zrow = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, zero_layout))
+                keep = gl.expand_dims(key0 + zrow < seqlen, 1)
+                for half in gl.static_range(2):
+                    buf = k_s.index(2 * s + half)
+                    buf.store(gl.where(keep, buf.load(zero_layout), 0.0))
+                fence_async_shared()
+            m_new = gl.maximum(m_i, gl.max(st, axis=0))
+            p = gl.exp2(st - gl.expand_dims(m_new, 0))
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, axis=0)
+            m_i = m_new
+            # hand Pᵀ and the rescale factors to the other warpgroup
+            mbarrier.wait(p_free, (msg & 1) ^ 1)
+            p_s.store(p.to(k_s.dtype))
+            a_s.store(alpha)
+            fence_async_shared()
+            mbarrier.arrive(p_ready, count=1)
+            msg += 1
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 0)
+            acc = warpgroup_mma(k0.permute((1, 0)), p_s, acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(k_free.index(s), count=1)
+            it += 1
+        if t_hi <= t_lo:  # a request with no key tile in this part: Q was never read
+            mbarrier.arrive(q_free, count=1)
+        # final message of the request: the row sums, for the other warpgroup's normalisation
+        mbarrier.wait(p_free, (msg & 1) ^ 1)
+        a_s.store(l_i)
+        mbarrier.arrive(p_ready, count=1)
+        msg += 1
+        rows_o = pid_row * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
+        _store_half(acc, gl.convert_layout(l_i, row_o), gl.convert_layout(m_i, row_o), r,
+                    rows_o // h_q, rows_o % h_q, rows_o < rows, gl.arange(0, D_HALF, layout=d_o),
+                    line_pos, n_sched, payload, pid_part, num_splits_ptr, out_ptr, lse_ptr,
+                    o_acc_ptr, lse_acc_ptr, stride_ob, stride_ot, stride_oh, stride_lb,
+                    stride_lh, stride_lt, stride_oa_piece, stride_oa_t, stride_oa_h,
+                    stride_la_piece, stride_la_t, OVERHEAD, True, ROW_AXIS=1)
+        line_pos += OVERHEAD + n_sched
+        rq += 1
+
+
+@gluon.jit
 def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
                   seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr,
                   lse_acc_ptr, s_q, h_q,
@@ -286,11 +395,13 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
                   D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                   SCHED_N: gl.constexpr, OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
                   CAUSAL: gl.constexpr, STAGES: gl.constexpr, progress_ptr,
-                  TRACE: gl.constexpr):
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, D_HALF, 16])
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+                  TRACE: gl.constexpr, SWAP: gl.constexpr = False):
+    """O_R = O_R·α + P·V[:, 256:] (SWAP: Oᵀ_R = Oᵀ_R·α + Vᵀ[256:, :]·Pᵀ, rows along axis 1)."""
+    ROW_AXIS: gl.constexpr = 1 if SWAP else 0
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_H if SWAP else D_HALF, 16])
+    row_o: gl.constexpr = gl.SliceLayout(1 - ROW_AXIS, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(ROW_AXIS, o_layout)
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
     rows = s_q * h_q
@@ -307,7 +418,10 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
         seqlen, n_sched, t_lo, t_hi = _request_blocks(
             seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
             BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
-        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        if SWAP:
+            acc = gl.zeros([D_HALF, BLOCK_H], gl.float32, layout=o_layout)
+        else:
+            acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
         for t in range(t_lo, t_hi):
             s = it % STAGES
             _trace(progress_ptr, 2, r, it, msg, 21, TRACE)
@@ -315,8 +429,12 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
             _trace(progress_ptr, 2, r, it, msg, 22, TRACE)
             mbarrier.wait(p_ready, msg & 1)
             alpha = a_s.load(row_o)
-            acc = acc * gl.expand_dims(alpha, 1)
-            acc = warpgroup_mma(p_s, k_s.index(2 * s + 1), acc, is_async=True)
+            acc = acc * gl.expand_dims(alpha, 1 - ROW_AXIS)
+            if SWAP:
+                acc = warpgroup_mma(k_s.index(2 * s + 1).permute((1, 0)), p_s, acc,
+                                    is_async=True)
+            else:
+                acc = warpgroup_mma(p_s, k_s.index(2 * s + 1), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(p_free, count=1)
             mbarrier.arrive(k_free.index(s), count=1)
@@ -331,7 +449,7 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
                     pid_part, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr,
                     stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
                     stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece, stride_la_t,
-                    OVERHEAD, False)
+                    OVERHEAD, False, ROW_AXIS=ROW_AXIS)
         line_pos += OVERHEAD + n_sched
     _trace(progress_ptr, 2, end_req, it, msg, 29, TRACE)
 
@@ -351,15 +469,21 @@ def _dense_decode_gluon_kernel(
     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, SCHED_N: gl.constexpr,
     OVERHEAD: gl.constexpr, META_COLS: gl.constexpr, CAUSAL: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, LOAD_REGS: gl.constexpr,
-    progress_ptr, TRACE: gl.constexpr, LOAD_WARPS: gl.constexpr,
+    progress_ptr, TRACE: gl.constexpr, LOAD_WARPS: gl.constexpr, SWAP: gl.constexpr = False,
 ):
+    # SWAP (s_q·h_q <= 32, BLOCK_H = 16 or 32): the swapped product; TRACE then reaches the
+    # loader and the PV partition only
     dtype: gl.constexpr = k_desc.dtype
     q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], q_desc.layout)
     qr_s = gl.allocate_shared_memory(dtype, [BLOCK_H, D_ROPE], qr_desc.layout)
     k_s = gl.allocate_shared_memory(dtype, [2 * STAGES, BLOCK_N, D_HALF], k_desc.layout)
     kr_s = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D_ROPE], kr_desc.layout)
-    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
-    p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
+    if SWAP:  # Pᵀ
+        p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], dtype)
+        p_s = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_H], p_layout)
+    else:
+        p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
+        p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
     a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
     q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -377,22 +501,45 @@ def _dense_decode_gluon_kernel(
         mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
     fence_async_shared()
 
-    gl.warp_specialize([
-        (_softmax_partition, (q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+    # (argument tuples written out in each call: a tuple held in a variable loses the
+    # constexpr-ness of its members)
+    if SWAP:
+        gl.warp_specialize([
+            (_softmax_partition_swapped, (q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
+                              p_ready, p_free, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
+                              lse_ptr, o_acc_ptr, lse_acc_ptr, scale_log2, s_q, h_q,
+                              stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                              stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
+                              stride_la_t, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD,
+                              META_COLS, CAUSAL, STAGES)),
+            (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, seqlens_ptr, meta_ptr,
+                         num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, s_q, h_q,
+                         stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
+                         stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
+                         stride_la_t, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, META_COLS,
+                         CAUSAL, STAGES, progress_ptr, TRACE, SWAP)),
+            (_load_partition, (q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s, q_ready,
+                           q_free, k_ready, k_free, block_table_ptr, seqlens_ptr, meta_ptr, s_q,
+                           h_q, stride_bt, PAGE_SIZE, D_HALF, BLOCK_H, BLOCK_N, SCHED_N,
+                           OVERHEAD, META_COLS, CAUSAL, STAGES, progress_ptr, TRACE)),
+        ], [4, LOAD_WARPS], [PV_REGS, LOAD_REGS])
+    else:
+        gl.warp_specialize([
+            (_softmax_partition, (q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready, k_free,
                               p_ready, p_free, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr,
                               lse_ptr, o_acc_ptr, lse_acc_ptr, scale_log2, s_q, h_q,
                               stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
                               stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
                               stride_la_t, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD,
                               META_COLS, CAUSAL, STAGES, progress_ptr, TRACE)),
-        (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, seqlens_ptr, meta_ptr,
+            (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, seqlens_ptr, meta_ptr,
                          num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr, lse_acc_ptr, s_q, h_q,
                          stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
                          stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
                          stride_la_t, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, META_COLS,
-                         CAUSAL, STAGES, progress_ptr, TRACE)),
-        (_load_partition, (q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s, q_ready,
+                         CAUSAL, STAGES, progress_ptr, TRACE, SWAP)),
+            (_load_partition, (q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s, q_ready,
                            q_free, k_ready, k_free, block_table_ptr, seqlens_ptr, meta_ptr, s_q,
                            h_q, stride_bt, PAGE_SIZE, D_HALF, BLOCK_H, BLOCK_N, SCHED_N,
                            OVERHEAD, META_COLS, CAUSAL, STAGES, progress_ptr, TRACE)),
-    ], [4, LOAD_WARPS], [PV_REGS, LOAD_REGS])
+        ], [4, LOAD_WARPS], [PV_REGS, LOAD_REGS])

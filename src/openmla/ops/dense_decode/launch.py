@@ -23,8 +23,8 @@ GLUON_BLOCK_N = 64  # keys per tile
 GLUON_STAGES = 2  # key-tile ring depth: Q (72 KiB) + 2 x K (72 KiB) + P fill 227 KiB of smem
 GLUON_PV_REGS = 208  # registers a thread of the PV warpgroup keeps (its 64x256 fp32 accumulator: 128)
 GLUON_LOAD_WARPS = 1  # warps of the TMA-issuing partition (4 is the variant to compare)
-# At most SMALL_H_ROWS rows a request (s_q·h_q) run the swapped-product kernel
-# (gluon_small_h_kernel.py), with the rows as the MMA's N: 16, or 32 above 16 rows. It is the
+# At most SMALL_H_ROWS rows a request (s_q·h_q) run the swapped product (gluon_kernel.py with
+# SWAP), with the rows as the MMA's N: 16, or 32 above 16 rows. It is the
 # faster one there (H200, b=128 s_k=8192: 290 against 301 µs at h_q=16, 0.99 of the copy
 # ceiling); OPENMLA_DENSE_GLUON_SMALL_H=0 keeps the 64-row kernel for comparisons
 SMALL_H_ENV = "OPENMLA_DENSE_GLUON_SMALL_H"
@@ -221,13 +221,12 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     q2 = q.view(b * rows, d)
     k2 = k_cache.view(num_pages * page_size, d)
-    kernel, block_h, pv_regs = _dense_decode_gluon_kernel, GLUON_BLOCK_H, GLUON_PV_REGS
-    if rows <= SMALL_H_ROWS and os.environ.get(SMALL_H_ENV, "1") != "0":
-        from .gluon_small_h_kernel import _dense_decode_gluon_small_h_kernel as kernel
-
+    swap = rows <= SMALL_H_ROWS and os.environ.get(SMALL_H_ENV, "1") != "0"
+    block_h, pv_regs = GLUON_BLOCK_H, GLUON_PV_REGS
+    if swap:
         block_h, pv_regs = (16 if rows <= 16 else 32), SMALL_H_PV_REGS
     grid = (-(-rows // block_h), 1, num_parts)
-    launch(kernel, grid, (
+    launch(_dense_decode_gluon_kernel, grid, (
         tma_descriptor(q2, [block_h, half], gdt),
         tma_descriptor(q2, [block_h, d_rope], gdt),
         tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),
@@ -240,6 +239,6 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
         BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         CAUSAL=bool(causal) and s_q > 1, STAGES=stages, PV_REGS=pv_regs,
         LOAD_REGS=GLUON_LOAD_REGS, progress_ptr=progress if progress is not None else meta,
-        TRACE=progress is not None, LOAD_WARPS=load_warps, num_warps=4))
+        TRACE=progress is not None, LOAD_WARPS=load_warps, SWAP=swap, num_warps=4))
     decode_combine(o_acc, lse_acc, num_splits, out, lse)
     return out, lse
