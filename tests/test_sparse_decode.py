@@ -269,10 +269,13 @@ def _gpu_case(shape, seed=0):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", SPARSE_DECODE_GPU)
 def test_triton_kernel_vs_reference_gpu(shape, triton_backend):
-    case = _gpu_case(shape)
-    meta = openmla.get_mla_metadata()[0]
+    _assert_public_call_matches_reference(_gpu_case(shape))
+
+
+def _assert_public_call_matches_reference(case):
+    """The public call on ``case`` (a fresh schedule) against the float32 reference."""
     out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                              tile_scheduler_metadata=meta)
+                                              tile_scheduler_metadata=openmla.get_mla_metadata()[0])
     torch.cuda.synchronize()
     r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
     tol = TOLERANCES["sparse_decode"]
@@ -471,14 +474,8 @@ def test_gluon_64_row_kernel_at_16_heads_gpu(shape, gluon_backend, poisoned_outp
     """OPENMLA_SPARSE_GLUON_SMALL_H=0 keeps 16 heads on the 64-row kernel; it matches too."""
     monkeypatch.setenv("OPENMLA_SPARSE_GLUON_SMALL_H", "0")
     b, s_k, topk, pbs, tl = shape
-    case = _gluon_case((b, 2, 16, s_k, topk, pbs, tl, False), seed=3)
-    out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                              tile_scheduler_metadata=_meta())
-    torch.cuda.synchronize()
-    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
-    tol = TOLERANCES["sparse_decode"]
-    assert_close("out", out, r_out.to(BF16), tol["out"])
-    assert_close("lse", lse, r_lse, tol["lse"])
+    _assert_public_call_matches_reference(_gluon_case((b, 2, 16, s_k, topk, pbs, tl, False),
+                                                      seed=3))
 
 
 @pytest.mark.gpu
