@@ -20,6 +20,8 @@ import os
 from typing import Any
 
 import torch
+from triton import knobs
+from triton.runtime import driver
 
 _CACHE: dict[int, dict[tuple, tuple[Any, tuple]]] = {}
 _ENABLED: bool | None = None
@@ -71,14 +73,10 @@ def launch(kernel, grid: tuple, args: tuple, kwargs: dict) -> None:
     """``kernel[grid](*args, **kwargs)``, through the kernel's own launcher when a call with the
     same specialisation key has already gone through the JIT. ``args`` are the kernel's leading
     parameters in order; the rest come as keywords (or their defaults)."""
-    from triton import knobs
-
     if (not _enabled() or not _idle(knobs.runtime.launch_enter_hook)
             or not _idle(knobs.runtime.launch_exit_hook)):
         kernel[grid](*args, **kwargs)
         return
-    from triton.runtime import driver
-
     device = driver.active.get_current_device()
     try:
         key = (device, tuple(map(_arg_key, args)),

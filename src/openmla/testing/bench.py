@@ -427,6 +427,32 @@ def _sparse_prefill_case(s_q: int, s_kv: int, h_q: int, topk: int, d_qk: int = 5
     return BenchCase("sparse_prefill", config, build)
 
 
+def _mha_config(shape: str, h: int, d: int, dv: int, causal: bool, backward: bool) -> str:
+    return (f"{shape} h={h} d={d}/{dv}" + (" causal" if causal else "")
+            + (" fwd+bwd" if backward else " fwd"))
+
+
+def _mha_flop(kw: dict[str, Any], h: int, d: int, dv: int, causal: bool,
+              backward: bool) -> int:
+    """Useful FLOPs of the real lengths in ``kw`` (forward, plus backward when asked)."""
+    cu_q, cu_k = kw["cu_seqlens_qo"].tolist(), kw["cu_seqlens_kv"].tolist()
+    flop = F.mha_flops(cu_q, cu_k, h, d, dv, causal)
+    if backward:
+        flop += F.mha_flops(cu_q, cu_k, h, d, dv, causal, backward=True)
+    return flop
+
+
+def _varlen_call(mod: Any, kw: dict[str, Any], backward: bool,
+                 grad_out: torch.Tensor) -> Callable[[], Any]:
+    """``mod.flash_attn_varlen_func`` on ``kw``, with the backward when asked."""
+    def call() -> Any:
+        out, _lse = mod.flash_attn_varlen_func(**kw)
+        if backward:
+            return torch.autograd.grad(out, (kw["q"], kw["k"], kw["v"]), grad_out)
+        return out
+    return call
+
+
 def _sdpa_call(kw: dict[str, Any], b: int, backward: bool,
                grad_out: torch.Tensor) -> Callable[[], Any] | None:
     """torch SDPA on the same data, for equal-length sequences and h_q == h_kv only."""
@@ -451,8 +477,7 @@ def _sdpa_call(kw: dict[str, Any], b: int, backward: bool,
 
 def _mha_case(b: int, seqlen: int, h: int, d: int, dv: int, causal: bool,
               backward: bool) -> BenchCase:
-    config = (f"{b}x{seqlen} h={h} d={d}/{dv}" + (" causal" if causal else "")
-              + (" fwd+bwd" if backward else " fwd"))
+    config = _mha_config(f"{b}x{seqlen}", h, d, dv, causal, backward)
 
     def build(device: torch.device, providers: Sequence[str]) -> Workload:
         case = G.mha_inputs(b, seqlen, seqlen, h, d=d, dv=dv, causal=causal, varlen=False,
@@ -463,23 +488,12 @@ def _mha_case(b: int, seqlen: int, h: int, d: int, dv: int, causal: bool,
         if "flash_mla" in mods and not (device.type == "cuda"
                                         and _arch(device) // 10 == FLASH_MLA_MHA_ARCH // 10):
             del mods["flash_mla"]  # FlashMLA's MHA kernels exist for SM100 only
-        calls: dict[str, Callable[[], Any]] = {}
-        for name, mod in mods.items():
-            def call(mod: Any = mod) -> Any:
-                out, _lse = mod.flash_attn_varlen_func(**kw)
-                if backward:
-                    return torch.autograd.grad(out, (kw["q"], kw["k"], kw["v"]), grad_out)
-                return out
-            calls[name] = call
+        calls = {name: _varlen_call(mod, kw, backward, grad_out) for name, mod in mods.items()}
         if "torch_sdpa" in providers and device.type == "cuda":
             sdpa = _sdpa_call(kw, b, backward, grad_out)
             if sdpa is not None:
                 calls["torch_sdpa"] = sdpa
-        cu_q, cu_k = kw["cu_seqlens_qo"].tolist(), kw["cu_seqlens_kv"].tolist()
-        flop = F.mha_flops(cu_q, cu_k, h, d, dv, causal)
-        if backward:
-            flop += F.mha_flops(cu_q, cu_k, h, d, dv, causal, backward=True)
-        return Workload(calls, flop, None)
+        return Workload(calls, _mha_flop(kw, h, d, dv, causal, backward), None)
     return BenchCase("mha_prefill", config, build)
 
 
@@ -489,8 +503,7 @@ def _mha_varlen_case(b: int, mean: int, h: int, d: int, dv: int, causal: bool,
     SDPA cannot take it without padding: its row times SDPA on every sequence padded to the
     longest (random data of that padded shape, timing only), and both rows count the useful
     FLOPs of the real lengths, so SDPA's TFLOPS show what the padding costs it."""
-    config = (f"varlen {b}x~{mean} h={h} d={d}/{dv}" + (" causal" if causal else "")
-              + (" fwd+bwd" if backward else " fwd"))
+    config = _mha_config(f"varlen {b}x~{mean}", h, d, dv, causal, backward)
 
     def build(device: torch.device, providers: Sequence[str]) -> Workload:
         case = G.mha_inputs(b, mean, mean, h, d=d, dv=dv, causal=causal, varlen=True,
@@ -501,12 +514,7 @@ def _mha_varlen_case(b: int, mean: int, h: int, d: int, dv: int, causal: bool,
         if "openmla" in providers:
             import openmla
 
-            def call() -> Any:
-                out, _lse = openmla.flash_attn_varlen_func(**kw)
-                if backward:
-                    return torch.autograd.grad(out, (kw["q"], kw["k"], kw["v"]), grad_out)
-                return out
-            calls["openmla"] = call
+            calls["openmla"] = _varlen_call(openmla, kw, backward, grad_out)
         cu_q, cu_k = kw["cu_seqlens_qo"].tolist(), kw["cu_seqlens_kv"].tolist()
         if "torch_sdpa" in providers and device.type == "cuda":
             longest = max(max(b_ - a_ for a_, b_ in zip(cu_q[:-1], cu_q[1:])),
@@ -525,10 +533,7 @@ def _mha_varlen_case(b: int, mean: int, h: int, d: int, dv: int, causal: bool,
                     return torch.autograd.grad(out, (pq, pk, pv), pgrad)
                 return out
             calls["torch_sdpa"] = sdpa
-        flop = F.mha_flops(cu_q, cu_k, h, d, dv, causal)
-        if backward:
-            flop += F.mha_flops(cu_q, cu_k, h, d, dv, causal, backward=True)
-        return Workload(calls, flop, None)
+        return Workload(calls, _mha_flop(kw, h, d, dv, causal, backward), None)
     return BenchCase("mha_prefill", config, build)
 
 

@@ -11,6 +11,21 @@ from .kernel import _decode_combine_kernel
 COMBINE_BLOCK_H = 8  # heads per program: one warp per head, as FlashMLA's combine
 
 
+def decode_outputs(q: torch.Tensor, head_dim_v: int, num_parts: int, out_dtype: torch.dtype,
+                   lse_heads_first: bool):
+    """What a decode split kernel writes and the combine reads: ``out [b, s_q, h_q, head_dim_v]``
+    (``out_dtype``), ``lse`` float32 (``[b, h_q, s_q]`` when ``lse_heads_first``, else
+    ``[b, s_q, h_q]``) and the split accumulators ``o_acc [b + P, s_q, h_q, head_dim_v]`` /
+    ``lse_acc [b + P, s_q, h_q]`` float32 (b + P bounds the schedule's pieces)."""
+    b, s_q, h_q, _ = q.shape
+    pieces = b + num_parts
+    lse_shape = (b, h_q, s_q) if lse_heads_first else (b, s_q, h_q)
+    return (torch.empty(b, s_q, h_q, head_dim_v, dtype=out_dtype, device=q.device),
+            torch.empty(lse_shape, dtype=torch.float32, device=q.device),
+            torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device),
+            torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device))
+
+
 def decode_combine(o_acc: torch.Tensor, lse_acc: torch.Tensor, num_splits: torch.Tensor,
                    out: torch.Tensor, lse: torch.Tensor,
                    attn_sink: torch.Tensor | None = None) -> None:

@@ -11,7 +11,7 @@ from ... import _library
 from ...device import device_info, interpreting
 from .._gluon_host import tma_descriptor
 from .._launch import launch
-from ..combine.launch import decode_combine
+from ..combine.launch import decode_combine, decode_outputs
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
 from ..schedule.launch import whole_request_parts
 from .config import SCHED_N, pick_config
@@ -88,14 +88,8 @@ def dense_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, block_table: torc
 
 
 def _outputs(q: torch.Tensor, head_dim_v: int, num_parts: int):
-    """``out [b, s_q, h_q, dv]`` (q's dtype), ``lse [b, h_q, s_q]`` and the split accumulators
-    ``o_acc [b + P, s_q, h_q, dv]`` / ``lse_acc [b + P, s_q, h_q]`` (b + P bounds the pieces)."""
-    b, s_q, h_q, _ = q.shape
-    pieces = b + num_parts
-    return (torch.empty(b, s_q, h_q, head_dim_v, dtype=q.dtype, device=q.device),
-            torch.empty(b, h_q, s_q, dtype=torch.float32, device=q.device),
-            torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device),
-            torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device))
+    """out in q's dtype and lse ``[b, h_q, s_q]`` (the public layout), with the accumulators."""
+    return decode_outputs(q, head_dim_v, num_parts, q.dtype, lse_heads_first=True)
 
 
 def _output_strides(out, lse, o_acc, lse_acc) -> tuple[int, ...]:

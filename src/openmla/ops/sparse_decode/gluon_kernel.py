@@ -195,17 +195,12 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
             skip = (PID - it % PRODUCERS + PRODUCERS) % PRODUCERS
             t_lo = t_lo + skip
             it = it + skip
-        # the indices are loaded PREFETCH + 1 tiles ahead: a gather never waits for its index
-        # load, and the rows of the tile PREFETCH ahead are prefetched into L2 while this one is
-        # dequantized
+        # the indices are loaded two tiles ahead: a gather never waits for its index load, and
+        # (PREFETCH) the next tile's rows are prefetched into L2 while this one is dequantized
         STEP: gl.constexpr = BLOCK_N * PRODUCERS  # slots between this partition's tiles
         slots = t_lo * BLOCK_N + offs_n
         idx_next = gl.load(idx_row + slots, mask=slots < length, other=-1)
         idx_after = gl.load(idx_row + slots + STEP, mask=slots + STEP < length, other=-1)
-        idx_far = idx_after
-        if PREFETCH == 2:
-            idx_far = gl.load(idx_row + slots + 2 * STEP, mask=slots + 2 * STEP < length,
-                              other=-1)
         t = t_lo
         while t < t_hi:
             s = it % STAGES
@@ -236,23 +231,14 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                 gl.pointer_type(gl.bfloat16))
             r_valid = gl.expand_dims(gl.convert_layout(valid, rrow_l), 1)
             rope = gl.load(gl.expand_dims(r_ptr, 1) + rcols, mask=r_valid, other=0.0)
-            if PREFETCH == 1:
+            if PREFETCH:
                 nxt = slots + STEP < length
                 _prefetch_rows(k_ptr, idx_after,
                                nxt & (idx_after >= 0) & (idx_after < num_tokens), stride_kp,
                                PAGE_SIZE, WARPS)
-            if PREFETCH == 2:
-                far = slots + 2 * STEP < length
-                _prefetch_rows(k_ptr, idx_far, far & (idx_far >= 0) & (idx_far < num_tokens),
-                               stride_kp, PAGE_SIZE, WARPS)
             idx_next = idx_after
-            if PREFETCH == 2:
-                idx_after = idx_far
-                idx_far = gl.load(idx_row + slots + 3 * STEP, mask=slots + 3 * STEP < length,
-                                  other=-1)
-            else:
-                idx_after = gl.load(idx_row + slots + 2 * STEP, mask=slots + 2 * STEP < length,
-                                    other=-1)
+            idx_after = gl.load(idx_row + slots + 2 * STEP, mask=slots + 2 * STEP < length,
+                                other=-1)
             # ... then wait for the ring slot, dequantize and publish
             mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
             k0 = k_s.index(2 * s)
@@ -559,7 +545,8 @@ def _sparse_decode_gluon_kernel(
     BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr, OVERHEAD: gl.constexpr,
     META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-    PRODUCER_WARPS: gl.constexpr, PREFETCH: gl.constexpr = 1, SWAP: gl.constexpr = False,
+    PRODUCER_WARPS: gl.constexpr, PREFETCH: gl.constexpr = True,
+    SWAP: gl.constexpr = False,
 ):
     # SWAP (h_q <= 16, BLOCK_H = 16): the swapped product, with two producer partitions taking
     # alternate tiles (each fills its own ring stage)

@@ -10,7 +10,7 @@ from ... import _library
 from ...device import device_info, interpreting
 from ...errors import ArgumentValueError
 from ...kvcache.fp8 import fp8_format
-from ..combine.launch import decode_combine
+from ..combine.launch import decode_combine, decode_outputs
 from ..schedule.ref import META_COLS, REQUEST_OVERHEAD
 from .config import SCHED_N, pick_config
 from .kernel import _sparse_decode_kernel
@@ -84,15 +84,9 @@ def sparse_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.
 
 
 def outputs(q: torch.Tensor, head_dim_v: int, num_parts: int):
-    """``out [b, s_q, h_q, head_dim_v]`` bf16, ``lse [b, s_q, h_q]`` and the split accumulators
-    ``o_acc [b + P, s_q, h_q, head_dim_v]`` / ``lse_acc [b + P, s_q, h_q]`` float32 (b + P
-    bounds the schedule's pieces), as every sparse-decode split kernel writes them."""
-    b, s_q, h_q, _ = q.shape
-    pieces = b + num_parts
-    return (torch.empty(b, s_q, h_q, head_dim_v, dtype=torch.bfloat16, device=q.device),
-            torch.empty(b, s_q, h_q, dtype=torch.float32, device=q.device),
-            torch.empty(pieces, s_q, h_q, head_dim_v, dtype=torch.float32, device=q.device),
-            torch.empty(pieces, s_q, h_q, dtype=torch.float32, device=q.device))
+    """bf16 out and lse ``[b, s_q, h_q]`` (the public lse is its transposed view), with the
+    accumulators, as every sparse-decode split kernel writes them."""
+    return decode_outputs(q, head_dim_v, num_parts, torch.bfloat16, lse_heads_first=False)
 
 
 def sparse_decode_kernels(q, k_cache, indices, meta, num_splits, softmax_scale, head_dim_v,
