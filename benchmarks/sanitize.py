@@ -74,6 +74,20 @@ def _mha(backend, sq, sk, h, h_kv, d, dv, causal):
     return bad
 
 
+def _mha_bwd_schedule(sq, sk, h, h_kv, d, causal, lag):
+    """The Gluon backward alone with the given dQ schedule (the op takes the default one)."""
+    from openmla.ops.mha_prefill.gluon_bwd_launch import mha_prefill_bwd_gluon_kernel
+
+    case = gen.mha_inputs(3, sq, sk, h, h_kv=h_kv, d=d, dv=128, causal=causal, varlen=True,
+                          device=DEV, seed=sq)
+    rk = gen.reference_kwargs("mha_prefill", case)
+    r_out, r_lse = mha_prefill_fwd_ref(**rk)
+    grads = mha_prefill_bwd_gluon_kernel(
+        case["extras"]["grad_out"], case["q"], case["k"], case["v"], r_out.to(case["q"].dtype),
+        r_lse, rk["cu_seqlens_q"], rk["cu_seqlens_k"], rk["softmax_scale"], causal, lag=lag)
+    return None if all(bool(torch.isfinite(g).all()) for g in grads) else "non-finite gradient"
+
+
 CASES = {
     "dense_decode": [
         ("triton pointer pbs16 h_kv2", lambda: _dense("triton", 3, 2, 32, 200, 16, True, 2)),
@@ -104,6 +118,9 @@ CASES = {
         # (on abf59bb the causal case ran on the persistent grid, then its default; 0 errors)
         ("gluon 192/128 GQA causal", lambda: _mha("gluon", 70, 90, 4, 2, 192, 128, True)),
         ("gluon 128/128", lambda: _mha("gluon", 50, 40, 2, 2, 128, 128, False)),
+        ("gluon bwd 192/128 lagged dQ", lambda: _mha_bwd_schedule(70, 90, 4, 2, 192, True, True)),
+        ("gluon bwd 128/128 unlagged dQ", lambda: _mha_bwd_schedule(150, 130, 4, 4, 128, True,
+                                                                    False)),
     ],
 }
 

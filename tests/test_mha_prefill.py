@@ -17,7 +17,7 @@ from openmla.ops.mha_prefill.ref import mha_prefill_bwd_ref, mha_prefill_fwd_ref
 from openmla.testing import generate as gen
 from openmla.testing import naive
 from openmla.testing.compare import (TOLERANCES, assert_close, compare_to_baseline,
-                                     mha_forward_baseline)
+                                     mha_backward_baseline, mha_forward_baseline)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BF16, FP16 = torch.bfloat16, torch.float16
@@ -257,7 +257,7 @@ def test_kernels_vs_reference_gpu(shape, kernel_backend, poisoned_outputs):
     want = mha_prefill_bwd_ref(dout, case["q"], case["k"], case["v"], r_out, r_lse,
                                rk["cu_seqlens_q"], rk["cu_seqlens_k"], rk["softmax_scale"],
                                causal)
-    base = _grads_in_input_precision(case["q"], case["k"], case["v"], rk["cu_seqlens_q"],
+    base = mha_backward_baseline(case["q"], case["k"], case["v"], rk["cu_seqlens_q"],
                                      rk["cu_seqlens_k"], rk["softmax_scale"], causal, dout)
     for name, g, w, pt in zip(("dq", "dk", "dv"), got, want, base):
         why = compare_to_baseline(g, w, pt, TOL[name].cos_diff_tol)
@@ -280,32 +280,10 @@ def test_backward_dq_paths_gpu(dq_blocks, d, triton_backend):
     want = mha_prefill_bwd_ref(dout, q, k, v, r_out, r_lse, cu_q, cu_k, scale, True)
     got = _library.ops.mha_prefill_bwd(dout, q, k, v, r_out.to(q.dtype), r_lse, cu_q, cu_k,
                                        scale, True, *dq_blocks, 32, 128, 8, 2, 1)
-    base = _grads_in_input_precision(q, k, v, cu_q, cu_k, scale, True, dout)
+    base = mha_backward_baseline(q, k, v, cu_q, cu_k, scale, True, dout)
     for name, g, w, pt in zip(("dq", "dk", "dv"), got, want, base):
         why = compare_to_baseline(g, w, pt, TOL[name].cos_diff_tol)
         assert why is None, f"{name}: {why}"
-
-
-def _grads_in_input_precision(q, k, v, cu_q, cu_k, scale, causal, dout):
-    """dq, dk, dv of plain PyTorch attention in the inputs' dtype (scores and softmax in
-    float32, P rounded to the input dtype before P·V, as FlashAttention's test baseline)."""
-    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    group = q.shape[1] // k.shape[1]
-    outs = []
-    bounds = list(zip(cu_q.tolist()[:-1], cu_q.tolist()[1:], cu_k.tolist()[:-1], cu_k.tolist()[1:]))
-    for q0, q1, k0, k1 in bounds:
-        qs = q[q0:q1].transpose(0, 1)
-        ks = k[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
-        vs = v[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
-        sc = torch.matmul(qs, ks.transpose(1, 2)).float() * scale
-        if causal:  # bottom-right aligned
-            i = torch.arange(q1 - q0, device=q.device)[:, None]
-            j = torch.arange(k1 - k0, device=q.device)[None, :]
-            sc = sc.masked_fill(j > i + (k1 - k0) - (q1 - q0), float("-inf"))
-        p = torch.softmax(sc, dim=-1).nan_to_num(0.0).to(q.dtype)
-        outs.append(torch.matmul(p, vs).transpose(0, 1))
-    out = torch.cat(outs)
-    return torch.autograd.grad(out, (q, k, v), dout)
 
 
 @pytest.mark.gpu
@@ -332,23 +310,26 @@ SM90_SMEM_LIMIT = 232448  # bytes of shared memory a CTA may use on an H100 (227
 # Triton in its interpreter); prints wgmma count, shared memory and ptxas registers / spills.
 GLUON_COMPILE = r"""
 import json, re, sys
-from openmla.ops.mha_prefill.gluon_launch import compile_sm90
+from openmla.ops.mha_prefill import gluon_bwd_launch, gluon_launch
 from openmla.testing.sm90 import ptxas_report
 d_qk, d_v, causal = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-k = compile_sm90(d_qk, d_v, causal)
+kernel = sys.argv[4] if len(sys.argv) > 4 else "fwd"
+compile_sm90 = (gluon_bwd_launch if kernel == "bwd" else gluon_launch).compile_sm90
+kw = {"lag": sys.argv[5] == "1"} if len(sys.argv) > 5 else {}
+k = compile_sm90(d_qk, d_v, causal, **kw)
 ptx = k.asm["ptx"]
 rep = ptxas_report(ptx)
 print(json.dumps({"wgmma": len(re.findall(r"wgmma\.mma_async", ptx)), "smem": k.metadata.shared,
                   "spill": rep.spill_stores, "regs": rep.registers,
+                  "serialized": "serialized" in rep.text,
+                  "reduce": len(re.findall(r"cp\.reduce\.async\.bulk\.tensor", ptx)),
                   "setmaxnreg": sorted({int(x) for x in re.findall(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+(\d+)", ptx)})}))
 """
 
 
-@pytest.mark.parametrize("dims,causal", [((192, 128), True), ((192, 128), False),
-                                         ((128, 128), True)])
-def test_gluon_forward_compiles_for_sm90(dims, causal):
-    """The Gluon forward compiles for sm_90 without a GPU: wgmma, shared memory within the
-    H100 limit; spills are reported (ptxas) and must be zero."""
+def _sm90_compile_report(*args: str) -> dict:
+    """GLUON_COMPILE's report for ``args`` (d_qk d_v causal [fwd|bwd [lag]]), compiled in a fresh
+    interpreter without TRITON_INTERPRET; skips where Gluon of the targeted Triton is missing."""
     import json
     import os
     import subprocess
@@ -362,15 +343,41 @@ def test_gluon_forward_compiles_for_sm90(dims, causal):
         pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run([sys.executable, "-c", GLUON_COMPILE, str(dims[0]), str(dims[1]),
-                          "1" if causal else "0"], capture_output=True, text=True, env=env,
-                         timeout=600)
+    res = subprocess.run([sys.executable, "-c", GLUON_COMPILE, *args], capture_output=True,
+                         text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    rep = json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dims,causal", [((192, 128), True), ((192, 128), False),
+                                         ((128, 128), True)])
+def test_gluon_forward_compiles_for_sm90(dims, causal):
+    """The Gluon forward compiles for sm_90 without a GPU: wgmma, shared memory within the
+    H100 limit; spills are reported (ptxas) and must be zero."""
+    rep = _sm90_compile_report(str(dims[0]), str(dims[1]), "1" if causal else "0")
     print(f"gluon mha forward {dims} causal={causal}: {rep}")
     assert rep["wgmma"] > 0, rep
     assert 0 < rep["smem"] <= SM90_SMEM_LIMIT, rep
     assert rep["spill"] == 0, rep
+
+
+BWD_SPILL_LIMIT = 128  # bytes: d_qk 192 leaves the consumers a few registers short (72-88 B)
+
+
+@pytest.mark.parametrize("dims,causal,lag", [((192, 128), True, None), ((192, 128), False, None),
+                                             ((192, 128), True, True), ((128, 128), True, None),
+                                             ((128, 128), True, False)])
+def test_gluon_backward_compiles_for_sm90(dims, causal, lag):
+    """The Gluon backward compiles for sm_90 without a GPU (default schedule, and the other
+    one): wgmma not serialized by ptxas, dQ by TMA reduce-adds, shared memory within the H100
+    limit, at most a few spilled registers."""
+    args = [str(dims[0]), str(dims[1]), "1" if causal else "0", "bwd"]
+    rep = _sm90_compile_report(*args, *([] if lag is None else ["1" if lag else "0"]))
+    print(f"gluon mha backward {dims} causal={causal} lag={lag}: {rep}")
+    assert rep["wgmma"] > 0 and not rep["serialized"], rep
+    assert rep["reduce"] > 0, rep
+    assert 0 < rep["smem"] <= SM90_SMEM_LIMIT, rep
+    assert 0 <= rep["spill"] <= BWD_SPILL_LIMIT, rep
 
 
 def test_gluon_grid_choice_is_a_pure_function_of_shapes(monkeypatch):
@@ -412,6 +419,35 @@ def test_gluon_forward_op_fake_and_gating():
         got = run_gluon(q, k, v, cu_q, cu_k, 0.2, True)
         for a, b in zip(got, want):
             assert torch.equal(a, b) and a.stride() == b.stride()
+
+
+def test_gluon_backward_op_fake_and_gating():
+    """The backward op's fake gives the gradients' shapes; where the Gluon backward cannot run
+    (here: the interpreter, no Hopper GPU) the gluon backend's backward is the portable one, bit
+    for bit."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from openmla.ops.mha_prefill import run_gluon_backward, run_triton_backward
+    from openmla.ops.mha_prefill.gluon_bwd_launch import gluon_backward_ok
+
+    with FakeTensorMode():
+        q = torch.empty(37, 8, 192, dtype=BF16)
+        k = torch.empty(50, 2, 192, dtype=BF16)
+        v = torch.empty(50, 2, 128, dtype=BF16)
+        out = torch.empty(37, 8, 128, dtype=BF16)
+        lse = torch.empty(8, 37, dtype=torch.float32).t()
+        cu = torch.empty(3, dtype=torch.int32)
+        dq, dk, dv = _library.ops.mha_prefill_bwd_gluon(out, q, k, v, out, lse, cu, cu, 0.1, True)
+        assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
+        assert dq.dtype == dk.dtype == dv.dtype == BF16
+    if DEV == "cpu":
+        q, k, v, cu_q, cu_k, dout = _inputs((5, 9), (7, 9), 4, 2, 24, 16, BF16, seed=4)
+        assert not gluon_backward_ok(q, k, v)
+        out, lse = run_triton(q, k, v, cu_q, cu_k, 0.2, True)
+        want = run_triton_backward(dout, q, k, v, out, lse, cu_q, cu_k, 0.2, True)
+        got = run_gluon_backward(dout, q, k, v, out, lse, cu_q, cu_k, 0.2, True)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b)
 
 
 # (lens_q, lens_k, h_q, h_kv, causal); unit-variance inputs: sharp softmax rows whose P·V terms
@@ -463,6 +499,38 @@ def test_gluon_forward_vs_reference_gpu(case, dims, persistent, poisoned_outputs
     assert_close("lse", lse, r_lse, TOL["lse"])
     lonely = torch.isinf(r_lse)
     assert torch.equal(torch.isinf(lse), lonely) and (out[lonely] == 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lag", [None, "other"], ids=["default", "other-schedule"])
+@pytest.mark.parametrize("dims", [(192, 128), (128, 128)])
+@pytest.mark.parametrize("case", GLUON_CASES)
+def test_gluon_backward_vs_reference_gpu(case, dims, lag, poisoned_outputs):
+    """The Gluon backward alone (both dQ schedules) on the float32 reference's out / lse:
+    dq, dk, dv by FlashAttention's rule against PyTorch in bf16 (compare_to_baseline), NaN-filled
+    output buffers, dK / dV bitwise equal run to run."""
+    from openmla.ops.mha_prefill.gluon_bwd_launch import (SCHEDULE, gluon_backward_ok,
+                                                          mha_prefill_bwd_gluon_kernel)
+
+    lens_q, lens_k, h_q, h_kv, causal = case
+    q, k, v, cu_q, cu_k = _gluon_case(lens_q, lens_k, h_q, h_kv, *dims, seed=len(lens_q) + h_q)
+    if not gluon_backward_ok(q, k, v):
+        pytest.skip("needs a Hopper GPU and Triton's Gluon")
+    g = torch.Generator().manual_seed(h_q)
+    dout = torch.randn(q.shape[0], h_q, dims[1], generator=g).to(BF16).cuda()
+    lag_flag = None if lag is None else not SCHEDULE[dims][0]
+    scale = dims[0] ** -0.5
+    r_out, r_lse = mha_prefill_fwd_ref(q, k, v, cu_q, cu_k, scale, causal)
+    want = mha_prefill_bwd_ref(dout, q, k, v, r_out, r_lse, cu_q, cu_k, scale, causal)
+    base = mha_backward_baseline(q, k, v, cu_q, cu_k, scale, causal, dout)
+    runs = [mha_prefill_bwd_gluon_kernel(dout, q, k, v, r_out.to(BF16), r_lse, cu_q, cu_k,
+                                         scale, causal, lag=lag_flag) for _ in range(2)]
+    for name, got, w, b in zip(("dq", "dk", "dv"), runs[0], want, base):
+        assert got.dtype == BF16 and got.shape == w.shape
+        if got.numel():
+            why = compare_to_baseline(got, w, b, TOL[name].cos_diff_tol)
+            assert why is None, f"{name}: {why}"
+    assert torch.equal(runs[0][1], runs[1][1]) and torch.equal(runs[0][2], runs[1][2])
 
 
 @pytest.mark.gpu

@@ -120,6 +120,32 @@ def mha_forward_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out
 
 
+def mha_backward_baseline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, scale: float,
+                          causal: bool, dout: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(dq, dk, dv)`` of plain PyTorch varlen attention in the inputs' dtype (scores and
+    softmax in float32, P rounded to the input dtype before P·V, as FlashAttention's test
+    baseline), through autograd: the ``baseline`` of ``compare_to_baseline`` for a backward."""
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    outs = []
+    bounds = zip(cu_seqlens_q.tolist()[:-1], cu_seqlens_q.tolist()[1:],
+                 cu_seqlens_k.tolist()[:-1], cu_seqlens_k.tolist()[1:])
+    for q0, q1, k0, k1 in bounds:
+        qs = q[q0:q1].transpose(0, 1)
+        ks = k[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
+        vs = v[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1)
+        sc = torch.matmul(qs, ks.transpose(1, 2)).float() * scale
+        if causal:  # bottom-right aligned
+            i = torch.arange(q1 - q0, device=q.device)[:, None]
+            j = torch.arange(k1 - k0, device=q.device)[None, :]
+            sc = sc.masked_fill(j > i + (k1 - k0) - (q1 - q0), float("-inf"))
+        p = torch.softmax(sc, dim=-1).nan_to_num(0.0).to(q.dtype)
+        outs.append(torch.matmul(p, vs).transpose(0, 1))
+    out = torch.cat(outs)
+    return torch.autograd.grad(out, (q, k, v), dout)
+
+
 def check_is_allclose(name: str, ans: torch.Tensor, ref: torch.Tensor, abs_tol: float,
                       rel_tol: float, cos_diff_tol: float) -> bool:
     """FlashMLA's ``check_is_allclose``: True when close; prints why not otherwise."""

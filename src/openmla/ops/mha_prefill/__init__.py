@@ -47,12 +47,25 @@ def run_triton_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, sof
                                   softmax_scale, causal)
 
 
+def run_gluon_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, softmax_scale,
+                       causal):
+    """The Hopper backward (``gluon_bwd_kernel.py``) where it takes the tensors (as the Gluon
+    forward: Hopper, bf16 / fp16, head dims (192, 128) or (128, 128)), else the portable one."""
+    from .gluon_bwd_launch import gluon_backward_ok, mha_prefill_bwd_gluon
+
+    if gluon_backward_ok(q, k, v):
+        return mha_prefill_bwd_gluon(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                     softmax_scale, causal)
+    return run_triton_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                               softmax_scale, causal)
+
+
 GLUON_DIMS = ((192, 128), (128, 128))  # (d_qk, d_v) the Gluon forward is built for
 
 
 def gluon_supports(info, problem) -> bool:
-    """Hopper with Triton's Gluon: the forward runs the Gluon kernel for head dims (192, 128) and
-    (128, 128) in bf16 / fp16; the backward is the portable one."""
+    """Hopper with Triton's Gluon: the forward and the backward run the Gluon kernels for head
+    dims (192, 128) and (128, 128) in bf16 / fp16."""
     if not (info.is_hopper and not interpreting() and gluon_available() and triton_available()):
         return False
     return ((problem.get("d_qk", 0), problem.get("d_v", 0)) in GLUON_DIMS
@@ -73,4 +86,4 @@ def triton_supports(info, problem) -> bool:
 register("mha_prefill", "reference", run_reference, lambda info, problem: True,
          backward=run_reference_backward)
 register("mha_prefill", "triton", run_triton, triton_supports, backward=run_triton_backward)
-register("mha_prefill", "gluon", run_gluon, gluon_supports, backward=run_triton_backward)
+register("mha_prefill", "gluon", run_gluon, gluon_supports, backward=run_gluon_backward)
