@@ -91,6 +91,22 @@ def _check_fwd_bwd(q, k, v, cu_q, cu_k, dout, scale, causal, out, lse, grads=Tru
         assert_close(name, g, w.to(dtype), TOL[name])
 
 
+def test_compare_to_baseline_rules():
+    """FlashAttention's gradient rule: max error within twice the PyTorch baseline's (+ floor),
+    then the cosine bound, which a reference that is zero but for rounding (within the floor)
+    does not get; a wrong direction above the floor fails."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(64, 8, generator=g, dtype=torch.float64)
+    base = ref + 1e-3 * torch.randn(64, 8, generator=g, dtype=torch.float64)
+    assert compare_to_baseline(ref + 1e-3, ref, base, 7e-6) is None
+    assert compare_to_baseline(ref + 0.5, ref, base, 7e-6) is not None  # max error
+    noise = 1e-7 * torch.randn(64, 8, generator=g, dtype=torch.float64)
+    # the answer's max error is within the bound (the baseline is as far off): only the cosine
+    # bound could tell them apart, and only above the floor does it
+    assert compare_to_baseline(-noise, noise, -noise, 7e-6) is None
+    assert "cosine" in compare_to_baseline(-noise, noise, -noise, 7e-6, floor=0.0)
+
+
 def test_head_dim_tiles_and_config_are_pure_functions():
     assert head_dim_split(192) == (128, 64) and head_dim_split(128) == (128, 0)
     assert head_dim_split(100) == (64, 64) and head_dim_split(8) == (16, 0)
