@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 CHECK = r"""
 import sys, torch
-from openmla.ops.mha_prefill.gluon_launch import gluon_forward_ok, mha_prefill_fwd_gluon
+from openmla.ops.mha_prefill.gluon_launch import TILES, gluon_forward_ok, mha_prefill_fwd_gluon_kernel
 from openmla.ops.mha_prefill.ref import mha_prefill_fwd_ref
 from openmla.testing.compare import nan_filled_outputs
 nan_filled_outputs().__enter__()  # every output element the kernel fails to write stays NaN
@@ -31,7 +31,9 @@ cases = [((1,), (1,), 4, 4), ((63,), (63,), 4, 4), ((113,), (113,), 4, 2), ((102
          ((700, 33), (300, 20), 8, 1), ((300, 129), (1000, 500), 16, 2),
          ((1000, 3000, 17, 0, 2048), (900, 3100, 40, 5, 2000), 16, 4)]
 worst, bad = 0.0, 0
-for dims in ((192, 128), (128, 128)):
+DIMS = [tuple(int(x) for x in a.split("/")) for a in sys.argv[1].split(",")]
+GRIDS = [x == "1" for x in sys.argv[2].split(",")]  # persistent or not
+for dims in DIMS:
     for lq, lk, hq, hkv in cases:
         for causal in (True, False):
             g = torch.Generator().manual_seed(len(lq) + hq)
@@ -40,9 +42,10 @@ for dims in ((192, 128), (128, 128)):
             cu = lambda ls: torch.tensor([0] + torch.tensor(ls).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
             assert gluon_forward_ok(q, k, v)
             r_out, r_lse = mha_prefill_fwd_ref(q, k, v, cu(lq), cu(lk), dims[0] ** -0.5, causal)
-            for persistent in (False, True):
-                out, lse = mha_prefill_fwd_gluon(q, k, v, cu(lq), cu(lk), dims[0] ** -0.5, causal,
-                                                 persistent=persistent)
+            for persistent in GRIDS:
+                out, lse = mha_prefill_fwd_gluon_kernel(q, k, v, cu(lq), cu(lk), dims[0] ** -0.5, causal,
+                                                        *TILES[dims], persistent)
+                lse = lse.t()
                 torch.cuda.synchronize()
                 err = (out.float() - r_out).abs().max().item()
                 lse_ok = torch.equal(torch.isinf(lse), torch.isinf(r_lse)) and (
@@ -64,6 +67,10 @@ def main() -> int:
                     help="Gluon (block_n x stages) variants to time; default: the configured one")
     ap.add_argument("--heads", nargs="*", type=int, default=[16, 128])
     ap.add_argument("--quick", action="store_true", help="skip the correctness subprocess")
+    ap.add_argument("--dims", nargs="*", default=["192/128", "128/128"])
+    ap.add_argument("--no-triton", action="store_true", help="do not time the portable forward")
+    ap.add_argument("--time", default="1,0", help="grids timed: 1 persistent, 0 one CTA an item")
+    ap.add_argument("--check", default="0,1", help="grids the correctness check runs")
     ap.add_argument("--watchdog", type=float, default=240.0,
                     help="seconds the correctness subprocess may take (a hang is reported)")
     args = ap.parse_args()
@@ -80,7 +87,7 @@ def main() -> int:
         env = dict(os.environ)
         env.pop("TRITON_INTERPRET", None)
         try:
-            res = subprocess.run([sys.executable, "-c", CHECK], env=env, timeout=args.watchdog,
+            res = subprocess.run([sys.executable, "-c", CHECK, ",".join(args.dims), args.check], env=env, timeout=args.watchdog,
                                  capture_output=True, text=True)
             print(res.stdout[-4000:], res.stderr[-3000:] if res.returncode else "", flush=True)
             if res.returncode:
@@ -96,7 +103,7 @@ def main() -> int:
     cu = torch.arange(0, n + 1, device=dev, dtype=torch.int32) * L
     cu_l = [i * L for i in range(n + 1)]
     rows = []
-    for dims in ((192, 128), (128, 128)):
+    for dims in [tuple(int(x) for x in a.split("/")) for a in args.dims]:
         d, dv = dims
         tiles = ([tuple(int(x) for x in t.split("x")) for t in args.tiles] if args.tiles
                  else [gluon_launch.TILES[dims]])
@@ -109,9 +116,9 @@ def main() -> int:
                 scale = d ** -0.5
                 fns = {}
                 for bn, st in tiles:
-                    for persist in (True, False):
+                    for persist in [x == "1" for x in args.time.split(",")]:
                         def gl_fwd(bn=bn, st=st, causal=causal, persist=persist):
-                            return gluon_launch._library.ops.mha_prefill_fwd_gluon(
+                            return gluon_launch.mha_prefill_fwd_gluon_kernel(
                                 q, k, v, cu, cu, scale, causal, bn, st, persist)[0]
                         fns[f"gl{bn}x{st}{'-pers' if persist else '-item'}"] = gl_fwd
 
@@ -122,7 +129,8 @@ def main() -> int:
                     qs, ks, vs = (t.view(n, L, h, -1).transpose(1, 2) for t in (q, k, v))
                     return F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal,
                                                           scale=scale)
-                fns["triton"] = tr_fwd
+                if not args.no_triton:
+                    fns["triton"] = tr_fwd
                 fns["sdpa"] = sdpa
                 ref = sdpa().transpose(1, 2).reshape(n * L, h, dv).float()
                 fl = mha_flops(cu_l, cu_l, h, d, dv, causal)

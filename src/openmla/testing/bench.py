@@ -566,11 +566,10 @@ def gpu_cases() -> list[BenchCase]:
     cases += [_sparse_prefill_case(p_s_q, p_s_kv, h_q, p_topk, d_qk=576) for h_q in (128, 64)]
     cases.append(_sparse_prefill_case(p_s_q, p_s_kv, 128, p_topk, d_qk=512))
     mha_b, mha_s = 4, 4096
-    cases += [_mha_case(mha_b, mha_s, h, 192, 128, causal=True, backward=bwd)
-              for bwd in (False, True) for h in (16, 128)]
-    # issue-6 report shapes: non-causal, (128, 128), and a mixed-length batch (SDPA padded)
-    cases += [_mha_case(mha_b, mha_s, 16, 192, 128, causal=False, backward=bwd)
-              for bwd in (False, True)]
+    # issue 6's bars: (192, 128), causal and not, 16 and 128 heads, forward and forward+backward
+    cases += [_mha_case(mha_b, mha_s, h, 192, 128, causal=causal, backward=bwd)
+              for causal in (True, False) for bwd in (False, True) for h in (16, 128)]
+    # issue-6 report shapes: (128, 128) and a mixed-length batch (SDPA padded)
     cases += [_mha_case(mha_b, mha_s, 16, 128, 128, causal=True, backward=bwd)
               for bwd in (False, True)]
     cases += [_mha_varlen_case(8, 2048, 16, 192, 128, causal=True, backward=bwd)
