@@ -9,7 +9,6 @@ the swapped-product kernel (gluon_kernel.py with SWAP; the default there, OPENML
     PYTHONPATH=src python benchmarks/dense_small_h.py
 """
 import os
-import subprocess
 import sys
 
 import torch
@@ -46,21 +45,11 @@ raise SystemExit(1 if bad else 0)
 def main() -> int:
     import openmla
     from openmla.testing import generate as gen
-    from openmla.testing.bench import graph_time_fn, measure_ceilings
+    from openmla.testing.bench import check_in_subprocess, graph_time_fn, measure_ceilings
     from openmla.testing.flops import dense_decode_bytes
 
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)
-    try:
-        res = subprocess.run([sys.executable, "-c", CHECK], env=env, timeout=240,
-                             capture_output=True, text=True)
-        print(res.stdout[-3000:], res.stderr[-3000:] if res.returncode else "", flush=True)
-        if res.returncode:
-            print("correctness FAILED: no timings")
-            return 1
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        print(out[-3000:], "\nthe check did not finish in 240 s (hang?): no timings")
+    if not check_in_subprocess(CHECK, timeout=240, tail=3000):
+        print("correctness FAILED: no timings")
         return 1
     dev = torch.device("cuda")
     ceil = measure_ceilings(dev)

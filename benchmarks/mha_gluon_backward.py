@@ -13,8 +13,6 @@ tokens, causal and not, 16 and 128 heads, head dims (192, 128) and (128, 128).
     PYTHONPATH=src python benchmarks/mha_gluon_backward.py [--quick] [--heads 16 128]
 """
 import argparse
-import os
-import subprocess
 import sys
 
 import torch
@@ -87,7 +85,7 @@ def main() -> int:
     from openmla.ops.mha_prefill.gluon_bwd_launch import mha_prefill_bwd_gluon_kernel
     from openmla.ops.mha_prefill.gluon_launch import mha_prefill_fwd_gluon
     from openmla.ops.mha_prefill.launch import mha_prefill_bwd_triton
-    from openmla.testing.bench import measure_ceilings, time_fn
+    from openmla.testing.bench import check_in_subprocess, measure_ceilings, time_fn
     from openmla.testing.flops import mha_flops
 
     dev = torch.device("cuda")
@@ -106,21 +104,10 @@ def main() -> int:
     ceil = measure_ceilings(dev)
     print(f"{torch.cuda.get_device_name()}  copy {ceil.copy_gbps:.0f} GB/s  "
           f"matmul {ceil.matmul_tflops:.0f} TFLOPS", flush=True)
-    if not args.quick:
-        env = dict(os.environ)
-        env.pop("TRITON_INTERPRET", None)
-        try:
-            res = subprocess.run([sys.executable, "-c", CHECK, args.lags], env=env, timeout=args.watchdog,
-                                 capture_output=True, text=True)
-            print(res.stdout[-6000:], res.stderr[-3000:] if res.returncode else "", flush=True)
-            if res.returncode:
-                print("correctness FAILED: no timings", flush=True)
-                return 1
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            print(out[-4000:])
-            print(f"the check did not finish in {args.watchdog} s (hang?): no timings", flush=True)
-            return 1
+    if not args.quick and not check_in_subprocess(CHECK, [args.lags], timeout=args.watchdog,
+                                                  tail=6000):
+        print("correctness FAILED: no timings", flush=True)
+        return 1
 
     rows = []
     variants = {"lag1": dict(lag=True, sdp_early=False), "lag0": dict(lag=False, sdp_early=False),

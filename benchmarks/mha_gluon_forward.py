@@ -13,8 +13,6 @@ causal and not, 16 and 128 heads, head dims (192, 128) and (128, 128). Under 4 m
     PYTHONPATH=src python benchmarks/mha_gluon_forward.py [--tiles 128x2 64x3] [--quick]
 """
 import argparse
-import os
-import subprocess
 import sys
 
 import torch
@@ -76,28 +74,17 @@ def main() -> int:
     args = ap.parse_args()
     from openmla.ops.mha_prefill import gluon_launch
     from openmla.ops.mha_prefill.launch import mha_prefill_fwd_triton
-    from openmla.testing.bench import measure_ceilings, time_fn
+    from openmla.testing.bench import check_in_subprocess, measure_ceilings, time_fn
     from openmla.testing.flops import mha_flops
 
     dev = torch.device("cuda")
     ceil = measure_ceilings(dev)
     print(f"{torch.cuda.get_device_name()}  copy {ceil.copy_gbps:.0f} GB/s  "
           f"matmul {ceil.matmul_tflops:.0f} TFLOPS", flush=True)
-    if not args.quick:
-        env = dict(os.environ)
-        env.pop("TRITON_INTERPRET", None)
-        try:
-            res = subprocess.run([sys.executable, "-c", CHECK, ",".join(args.dims), args.check], env=env, timeout=args.watchdog,
-                                 capture_output=True, text=True)
-            print(res.stdout[-4000:], res.stderr[-3000:] if res.returncode else "", flush=True)
-            if res.returncode:
-                print("first launch / correctness FAILED: no timings", flush=True)
-                return 1
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            print(out[-4000:])
-            print(f"the check did not finish in {args.watchdog} s (hang?): no timings", flush=True)
-            return 1
+    if not args.quick and not check_in_subprocess(CHECK, [",".join(args.dims), args.check],
+                                                  timeout=args.watchdog):
+        print("first launch / correctness FAILED: no timings", flush=True)
+        return 1
 
     n, L = 4, 4096
     cu = torch.arange(0, n + 1, device=dev, dtype=torch.int32) * L

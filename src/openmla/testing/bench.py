@@ -82,6 +82,27 @@ class Timing:
     runs: int
 
 
+def check_in_subprocess(code: str, args: Sequence[str] = (), *, timeout: float = 240.0,
+                        tail: int = 4000) -> bool:
+    """Run ``python -c code args...`` (without TRITON_INTERPRET) under a watchdog, so a kernel
+    that hangs or crashes on its first launches cannot take the calling benchmark down; print
+    the tail of its output and return whether it exited 0 in time."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    try:
+        res = subprocess.run([sys.executable, "-c", code, *args], env=env, timeout=timeout,
+                             capture_output=True, text=True)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        print(out[-tail:])
+        print(f"the check did not finish in {timeout:g} s (hang?)", flush=True)
+        return False
+    print(res.stdout[-tail:], res.stderr[-3000:] if res.returncode else "", flush=True)
+    if res.returncode:
+        print(f"the check failed (exit {res.returncode})", flush=True)
+    return res.returncode == 0
+
+
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile ``q`` (0–100) of already sorted values."""
     if not sorted_values:

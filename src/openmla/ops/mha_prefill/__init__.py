@@ -31,7 +31,7 @@ def run_triton(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
 def run_gluon(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal):
     """The Hopper forward (``gluon_kernel.py``); a call it cannot take (a non-positive scale: the
     kernel scales the row max of the raw scores) goes to the portable forward. Both write the
-    same out / lse layout, which the portable backward reads."""
+    same out / lse layout, which either backward reads."""
     from .gluon_launch import gluon_forward_ok, mha_prefill_fwd_gluon
 
     if softmax_scale > 0 and gluon_forward_ok(q, k, v):

@@ -47,6 +47,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .gluon_kernel import find_seq
+
 WG0 = gl.constexpr(0)
 WG1 = gl.constexpr(1)
 
@@ -73,15 +75,7 @@ def _kv_block(cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, group, BLOCK_M: gl.constexp
         blk = pid % n_vblocks  # a sequence's first key blocks see the most rows: start first
     else:
         blk = n_vblocks - 1 - pid % n_vblocks
-    lo = n_seqs * 0
-    hi = n_seqs - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        start = gl.load(cu_k_ptr + mid) // BLOCK_N + mid
-        if start <= blk:
-            lo = mid
-        else:
-            hi = mid - 1
+    lo = find_seq(cu_k_ptr, blk, n_seqs, BLOCK_N)
     k_start = gl.load(cu_k_ptr + lo)
     s_k = gl.load(cu_k_ptr + lo + 1) - k_start
     n0 = (blk - k_start // BLOCK_N - lo) * BLOCK_N

@@ -48,6 +48,22 @@ WG1 = gl.constexpr(1)
 
 
 @gluon.jit
+def find_seq(cu_ptr, blk, n_seqs, BLOCK: gl.constexpr):
+    """The sequence owning virtual block ``blk`` of a grid that gives every sequence
+    ``len // BLOCK + 1`` blocks: the largest n with ``cu[n] // BLOCK + n <= blk``."""
+    lo = n_seqs * 0
+    hi = n_seqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        start = gl.load(cu_ptr + mid) // BLOCK + mid
+        if start <= blk:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@gluon.jit
 def _program(item, n_items, cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M: gl.constexpr,
              BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
     """Work item ``item``'s head, sequence bounds, first local row m0 and key tile count
@@ -62,16 +78,7 @@ def _program(item, n_items, cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M: gl.c
         item = rnd * g + (g - 1 - item % g)
     head = item // n_vblocks
     blk = n_vblocks - 1 - item % n_vblocks  # long causal blocks of a sequence start first
-    # the sequence owning virtual block blk: the largest n with cu_q[n] // BLOCK_M + n <= blk
-    lo = n_seqs * 0
-    hi = n_seqs - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        start = gl.load(cu_q_ptr + mid) // BLOCK_M + mid
-        if start <= blk:
-            lo = mid
-        else:
-            hi = mid - 1
+    lo = find_seq(cu_q_ptr, blk, n_seqs, BLOCK_M)
     q_start = gl.load(cu_q_ptr + lo)
     s_q = gl.load(cu_q_ptr + lo + 1) - q_start
     m0 = (blk - q_start // BLOCK_M - lo) * BLOCK_M

@@ -1,7 +1,7 @@
 """Launch the Hopper Gluon forward of dense MHA varlen prefill (``gluon_kernel.py``) as one
 ``openmla::mha_prefill_fwd_gluon`` op: the ``gluon`` backend's forward on Hopper
-(``__init__.run_gluon``) when ``gluon_forward_ok`` holds; the backward stays on the portable
-kernels, which read the same out / lse layout.
+(``__init__.run_gluon``) when ``gluon_forward_ok`` holds; out / lse have the portable forward's
+layout, which both backwards (``gluon_bwd_launch``, the portable one) read.
 
 Like the portable launch: no host synchronisation, the grid is sized from the shapes alone, rows
 outside every sequence are not written.
