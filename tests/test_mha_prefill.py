@@ -230,6 +230,57 @@ def test_library_ops_pass_opcheck():
                               test_utils=("test_schema", "test_faketensor"))
 
 
+def _compile_case(monkeypatch):
+    """Inputs for the public-op tests; on CPU the reference backend (the interpreter is slow)."""
+    if DEV == "cpu":
+        monkeypatch.setenv("OPENMLA_BACKEND_MHA_PREFILL", "reference")
+    q, k, v, cu_q, cu_k, dout = _inputs((5, 40), (7, 33), 4, 2, 32, 16, BF16, seed=12)
+    if DEV == "cuda":  # the Gluon kernels' head dims where they run
+        q, k, v, cu_q, cu_k, dout = _inputs((5, 140), (7, 133), 4, 2, 192, 128, BF16, seed=12)
+    return q, k, v, cu_q, cu_k, dout
+
+
+def test_public_op_autograd_and_opcheck(monkeypatch):
+    """flash_attn_varlen_func is one torch.library op (openmla::flash_attn_varlen) whose backward
+    is registered with register_autograd: opcheck's schema, fake-tensor, autograd-registration
+    and AOT-dispatch tests pass for it and its backward op, and lse carries no gradient."""
+    q, k, v, cu_q, cu_k, dout = _compile_case(monkeypatch)
+    out, lse = openmla.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 140, 140, causal=True)
+    assert out.requires_grad and not lse.requires_grad and lse.stride() == (1, q.shape[0])
+    name = select("mha_prefill", device_info(q.device),
+                  {"d_qk": q.shape[-1], "d_v": v.shape[-1], "dtype": BF16}).name
+    args = (q.detach(), k.detach(), v.detach(), cu_q, cu_k, 0.2, True, name)
+    torch.library.opcheck(torch.ops.openmla.flash_attn_varlen.default, args)
+    o, lse_hm = torch.ops.openmla.flash_attn_varlen(*args)
+    # the Gluon backward's dQ comes from reduce-adds in CTA order (not bitwise reproducible),
+    # which opcheck's repeated runs would compare exactly
+    utils = ("test_schema", "test_faketensor") if name == "gluon" else None
+    torch.library.opcheck(torch.ops.openmla.flash_attn_varlen_backward.default,
+                          (dout, *args[:3], o, lse_hm, *args[3:]),
+                          **({"test_utils": utils} if utils else {}))
+
+
+def test_torch_compile_fullgraph_parity(monkeypatch):
+    """The public function compiled with fullgraph=True: out, lse and the gradients autograd
+    takes through the compiled graph are bitwise those of eager calls (dq within the op's
+    tolerance where it comes from reduce-adds in CTA order: the Gluon backward)."""
+    q, k, v, cu_q, cu_k, dout = _compile_case(monkeypatch)
+
+    def fwd(q, k, v):
+        return openmla.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 140, 140, causal=True)
+
+    want = fwd(q, k, v)
+    want_g = torch.autograd.grad(want[0], (q, k, v), dout)
+    got = torch.compile(fwd, fullgraph=True)(q, k, v)
+    got_g = torch.autograd.grad(got[0], (q, k, v), dout)
+    assert got[1].stride() == want[1].stride()
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), (*got, *got_g), (*want, *want_g)):
+        if name == "dq" and DEV == "cuda":
+            assert_close(name, a, b, TOL[name])
+        else:
+            assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("dq_blocks", [(16, 16), (DQ_FUSED, DQ_ATOMIC)])
 def test_backward_dq_paths_vs_naive(dq_blocks):
     """The op with dQ by its own kernel and with dQ added by atomics from the dK/dV kernel."""

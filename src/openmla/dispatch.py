@@ -77,6 +77,16 @@ def select(op: str, info: DeviceInfo, problem: Mapping[str, Any]) -> Backend:
     raise UnsupportedError(f"{op}: no backend can run this call on {info.kind}")
 
 
+def backend_named(op: str, name: str) -> Backend:
+    """The registered backend ``name`` of ``op`` (the ops that carry a backend's name, such as
+    ``openmla::flash_attn_varlen``, look it up here)."""
+    for backend in _REGISTRY[op]:
+        if backend.name == name:
+            return backend
+    raise UnsupportedError(f"{op}: no backend named {name!r}; registered: "
+                           f"{[b.name for b in _REGISTRY[op]]}")
+
+
 def available(op: str, info: DeviceInfo) -> list[str]:
     """Names of the backends registered for ``op`` whose device conditions ``info`` meets
     (for ``openmla info``), most preferred first."""

@@ -354,26 +354,6 @@ def flash_mla_sparse_fwd(
 MHA_DTYPES = (torch.bfloat16, torch.float16)
 
 
-class _FlashAttnVarlen(torch.autograd.Function):
-    """Autograd around a backend's MHA forward / backward pair (dlse is ignored, as in
-    FlashMLA)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, cu_q, cu_k, softmax_scale, causal, backend):
-        out, lse = backend.run(q, k, v, cu_q, cu_k, softmax_scale, causal)
-        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-        ctx.softmax_scale, ctx.causal, ctx.backend = softmax_scale, causal, backend
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-        dq, dk, dv = ctx.backend.backward(dout, q, k, v, out, lse, cu_q, cu_k,
-                                          ctx.softmax_scale, ctx.causal)
-        return dq, dk, dv, None, None, None, None, None
-
-
 def _equal_length_cu(total: int, b: int, name: str, device: torch.device) -> torch.Tensor:
     if b <= 0 or total % b != 0:
         raise ArgumentValueError(
@@ -458,8 +438,10 @@ def flash_attn_varlen_func(
                "causal": causal, "dtype": q.dtype, "max_seqlen_qo": max_seqlen_qo,
                "max_seqlen_kv": max_seqlen_kv}
     backend = select("mha_prefill", device_info(dev), problem)
-    return _FlashAttnVarlen.apply(q, k, v, cu_seqlens_qo, cu_seqlens_kv, softmax_scale, causal,
-                                  backend)
+    # one op with autograd (ops/mha_prefill/autograd.py); lse is its [h_q, total_q] buffer
+    out, lse = torch.ops.openmla.flash_attn_varlen(q, k, v, cu_seqlens_qo, cu_seqlens_kv,
+                                                   softmax_scale, causal, backend.name)
+    return out, lse.t()
 
 
 def _debug_cu_seqlens(name: str, cu: torch.Tensor, total: int, max_seqlen: int) -> None:

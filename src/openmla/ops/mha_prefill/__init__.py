@@ -87,3 +87,5 @@ register("mha_prefill", "reference", run_reference, lambda info, problem: True,
          backward=run_reference_backward)
 register("mha_prefill", "triton", run_triton, triton_supports, backward=run_triton_backward)
 register("mha_prefill", "gluon", run_gluon, gluon_supports, backward=run_gluon_backward)
+
+from . import autograd  # noqa: E402,F401 - registers openmla::flash_attn_varlen and its backward
