@@ -274,8 +274,9 @@ def _consumer_partition(qa_s, qb_s, ka_s, kb_s, v_s, do_s, ds_s, dq_s, dq_desc,
             qa = qa_s.index(s)
             qb = qb_s.index(s)
             do = do_s.index(s)
-            # S = Q·K_wᵀ (query rows as M); dP is issued only once P is out of the fp32
-            # registers (the dK and dV accumulators leave room for one 64 x 64 fp32 tile)
+            # S = Q·K_wᵀ (query rows as M); dP = dO·V_wᵀ beside it with SDP_EARLY, else once P
+            # is out of the fp32 registers (at d_qk 192 the dK and dV accumulators leave room
+            # for one 64 x 64 fp32 tile)
             sc = gl.zeros([BLOCK_M, HALF], gl.float32, layout=s_layout)
             sc = warpgroup_mma(qa, ka.permute((1, 0)), sc, use_acc=False, is_async=True)
             if DB > 0:
@@ -290,7 +291,10 @@ def _consumer_partition(qa_s, qb_s, ka_s, kb_s, v_s, do_s, ds_s, dq_s, dq_desc,
             if m0 < m_mid:
                 # keys past the sequence end, and (causal) past each row's diagonal: one
                 # compare of the column index against a per-row limit
-                lim = gl.minimum(rows + diag + 1, s_k) - key0 if CAUSAL else s_k - key0 + 0 * rows
+                if CAUSAL:
+                    lim = gl.minimum(rows + diag + 1, s_k) - key0
+                else:
+                    lim = s_k - key0 + 0 * rows
                 cols = gl.arange(0, HALF, layout=col_s)
                 p = gl.where(gl.expand_dims(cols, 0) < gl.expand_dims(lim, 1), p, 0.0)
             # P to shared memory once both warpgroups are done with this buffer pair's last dS
