@@ -5,6 +5,9 @@
 #   bash benchmarks/device_run.sh tier-prefill [-k expression]  # its prefill half (sparse prefill, MHA)
 #   bash benchmarks/device_run.sh sanitize                      # compute-sanitizer over every kernel
 #   bash benchmarks/device_run.sh bench                         # `openmla bench` (+ CSV) and graph times
+#   bash benchmarks/device_run.sh mha [pytest -k expression]    # every test of tests/test_mha_prefill.py on the GPU (the
+#                                                               #   public op's opcheck / torch.compile tests carry no gpu mark)
+#   bash benchmarks/device_run.sh sanitize mha_prefill          # the sanitizer over one op's cases
 # Logs go to $OUT (or ./device-out when OUT is unset).
 set -uo pipefail
 out="${OUT:-device-out}"
@@ -24,10 +27,13 @@ case "$stage" in
     python3 -m pytest -q -m gpu $files -p no:cacheprovider ${2:+-k "$2"} 2>&1 \
       | tee "$out/pytest-$stage.txt" | grep -v '^\.*\s*\[' | tail -15 ;;
   sanitize)
-    compute-sanitizer --tool memcheck --print-limit 5 python3 benchmarks/sanitize.py 2>&1 \
+    compute-sanitizer --tool memcheck --print-limit 5 python3 benchmarks/sanitize.py "${@:2}" 2>&1 \
       | tee "$out/sanitize.txt" | grep -v '^=========     ' | tail -30 ;;
   bench)
     python3 -m openmla bench --csv "$out/bench.csv" 2>&1 | tee "$out/bench.txt" | tail -32
     python3 benchmarks/graph_times.py 2>&1 | tee "$out/graph.txt" | tail -12 ;;
-  *) echo "unknown stage $stage (tier | tier-decode | tier-prefill | sanitize | bench)"; exit 2 ;;
+  mha)
+    python3 -m pytest -q tests/test_mha_prefill.py -p no:cacheprovider ${2:+-k "$2"} 2>&1 \
+      | tee "$out/pytest-mha.txt" | grep -v '^\.*\s*\[' | tail -8 ;;
+  *) echo "unknown stage $stage (tier | tier-decode | tier-prefill | sanitize | bench | mha)"; exit 2 ;;
 esac
