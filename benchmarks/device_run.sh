@@ -6,7 +6,8 @@
 #   bash benchmarks/device_run.sh sanitize                      # compute-sanitizer over every kernel
 #   bash benchmarks/device_run.sh bench                         # `openmla bench` (+ CSV) and graph times
 #   bash benchmarks/device_run.sh mha [pytest -k expression]    # every test of tests/test_mha_prefill.py on the GPU (the
-#                                                               #   public op's opcheck / torch.compile tests carry no gpu mark)
+#                                                               #   public op's opcheck / torch.compile tests carry no gpu mark;
+#                                                               #   about 10 min on an H100: split it with -k)
 #   bash benchmarks/device_run.sh sanitize mha_prefill          # the sanitizer over one op's cases
 # Logs go to $OUT (or ./device-out when OUT is unset).
 set -uo pipefail
