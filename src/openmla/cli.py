@@ -124,8 +124,28 @@ def _first_seed(make: Callable[[int], dict[str, Any]],
     raise RuntimeError(f"no seed in {MAX_SEED_TRIES} tries produced the wanted case")
 
 
-def _check_dense_decode(results: list[CheckResult], device: torch.device) -> None:
+def _decode_case(res: list[CheckResult], op: str, name: str, case: dict[str, Any],
+                 reference: Callable[..., Any], naive: Callable[..., Any],
+                 device: torch.device) -> None:
+    """One decode case through the public call (poisoned allocator, fresh metadata) against the
+    float32 reference and the naive loops; outputs compared in the output dtype, as FlashMLA
+    compares decode outputs (bf16 against a bf16-rounded reference)."""
     import openmla
+    from openmla.testing import generate as G
+
+    pub = G.public_kwargs(case)
+    _poison_allocator(device)
+    meta = openmla.get_mla_metadata()[0]
+    out, lse = openmla.flash_mla_with_kvcache(tile_scheduler_metadata=meta, **pub)
+    rk = G.reference_kwargs(op, case)
+    ref_out, ref_lse = reference(**rk)
+    nv_out, nv_lse = naive(**{k: _to_cpu(v) for k, v in rk.items()})
+    for label, o, l in (("reference", ref_out, ref_lse), ("naive", nv_out, nv_lse)):
+        _compare(res, op, name, f"out vs {label}", out, o.to(out.dtype), "out")
+        _compare(res, op, name, f"lse vs {label}", lse, l, "lse")
+
+
+def _check_dense_decode(results: list[CheckResult], device: torch.device) -> None:
     from openmla.ops.dense_decode.ref import dense_decode_ref
     from openmla.testing import generate as G
     from openmla.testing.naive import naive_dense_decode
@@ -145,23 +165,12 @@ def _check_dense_decode(results: list[CheckResult], device: torch.device) -> Non
                  name: str = name) -> None:
             case = _first_seed(lambda s: G.dense_decode_inputs(device=device, seed=s, **kwargs),
                                accept or (lambda c: True))
-            pub = G.public_kwargs(case)
-            _poison_allocator(device)
-            meta = openmla.get_mla_metadata()[0]
-            out, lse = openmla.flash_mla_with_kvcache(tile_scheduler_metadata=meta, **pub)
-            rk = G.reference_kwargs("dense_decode", case)
-            ref_out, ref_lse = dense_decode_ref(**rk)
-            nv_out, nv_lse = naive_dense_decode(**{k: _to_cpu(v) for k, v in rk.items()})
-            for label, o, l in (("reference", ref_out, ref_lse), ("naive", nv_out, nv_lse)):
-                # FlashMLA compares decode outputs in the output dtype (bf16 vs bf16 reference)
-                _compare(res, "dense_decode", name, f"out vs {label}", out,
-                         o.to(out.dtype), "out")
-                _compare(res, "dense_decode", name, f"lse vs {label}", lse, l, "lse")
+            _decode_case(res, "dense_decode", name, case, dense_decode_ref, naive_dense_decode,
+                         device)
         _run_case(results, "dense_decode", name, body)
 
 
 def _check_sparse_decode(results: list[CheckResult], device: torch.device) -> None:
-    import openmla
     from openmla.ops.sparse_decode.ref import sparse_decode_ref
     from openmla.testing import generate as G
     from openmla.testing.naive import naive_sparse_decode
@@ -183,17 +192,8 @@ def _check_sparse_decode(results: list[CheckResult], device: torch.device) -> No
     for name, kwargs in specs:
         def body(res: list[CheckResult], kwargs: dict = kwargs, name: str = name) -> None:
             case = G.sparse_decode_inputs(device=device, seed=CHECK_SEED, **kwargs)
-            pub = G.public_kwargs(case)
-            _poison_allocator(device)
-            meta = openmla.get_mla_metadata()[0]
-            out, lse = openmla.flash_mla_with_kvcache(tile_scheduler_metadata=meta, **pub)
-            rk = G.reference_kwargs("sparse_decode", case)
-            ref_out, ref_lse = sparse_decode_ref(**rk)
-            nv_out, nv_lse = naive_sparse_decode(**{k: _to_cpu(v) for k, v in rk.items()})
-            for label, o, l in (("reference", ref_out, ref_lse), ("naive", nv_out, nv_lse)):
-                _compare(res, "sparse_decode", name, f"out vs {label}", out,
-                         o.to(out.dtype), "out")
-                _compare(res, "sparse_decode", name, f"lse vs {label}", lse, l, "lse")
+            _decode_case(res, "sparse_decode", name, case, sparse_decode_ref,
+                         naive_sparse_decode, device)
         _run_case(results, "sparse_decode", name, body)
 
 
