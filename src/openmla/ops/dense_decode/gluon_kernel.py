@@ -31,6 +31,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._gluon_decode import swapped_softmax_step
 from ..schedule.gluon import schedule_part
 
 LN2 = gl.constexpr(0.6931471805599453)
@@ -351,22 +352,9 @@ def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, 
                     buf = k_s.index(2 * s + half)
                     buf.store(gl.where(keep, buf.load(zero_layout), 0.0))
                 fence_async_shared()
-            m_new = gl.maximum(m_i, gl.max(st, axis=0))
-            p = gl.exp2(st - gl.expand_dims(m_new, 0))
-            alpha = gl.exp2(m_i - m_new)
-            l_i = l_i * alpha + gl.sum(p, axis=0)
-            m_i = m_new
-            # hand Pᵀ and the rescale factors to the other warpgroup
-            mbarrier.wait(p_free, (msg & 1) ^ 1)
-            p_s.store(p.to(k_s.dtype))
-            a_s.store(alpha)
-            fence_async_shared()
-            mbarrier.arrive(p_ready, count=1)
-            msg += 1
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 0)
-            acc = warpgroup_mma(k0.permute((1, 0)), p_s, acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(k_free.index(s), count=1)
+            # online softmax; Pᵀ and the rescale factors to the other warpgroup; own half of O
+            m_i, l_i, acc, msg = swapped_softmax_step(st, m_i, l_i, acc, k0, p_s, a_s, p_free,
+                                                      p_ready, k_free.index(s), msg, row_o)
             it += 1
         if t_hi <= t_lo:  # a request with no key tile in this part: Q was never read
             mbarrier.arrive(q_free, count=1)

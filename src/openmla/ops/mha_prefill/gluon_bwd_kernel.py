@@ -47,7 +47,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .gluon_kernel import find_seq
+from .gluon_kernel import find_seq, zero_rows_from
 
 WG0 = gl.constexpr(0)
 WG1 = gl.constexpr(1)
@@ -136,18 +136,6 @@ def _load_partition(qa_desc, qb_desc, ka_desc, kb_desc, v_desc, do_desc,
                                             qb_s.index(s))
         tma.async_copy_global_to_shared(do_desc, [row, head * D_V], q_ready.index(s),
                                         do_s.index(s))
-
-
-@gluon.jit
-def _zero_rows_from(buf, first, ROWS: gl.constexpr, COLS: gl.constexpr):
-    """Zero the rows ``first ..`` of the shared tile ``buf [ROWS, COLS]`` (16 rows at a time)."""
-    CHUNK: gl.constexpr = 16
-    zl: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
-    zrow = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, zl))
-    for c in gl.static_range(ROWS // CHUNK):
-        part = buf.slice(c * CHUNK, CHUNK, dim=0)
-        keep = gl.expand_dims(c * CHUNK + zrow < first, 1)
-        part.store(gl.where(keep, part.load(zl), 0.0))
 
 
 @gluon.jit
@@ -248,10 +236,10 @@ def _consumer_partition(qa_s, qb_s, ka_s, kb_s, v_s, do_s, ds_s, dq_s, dq_desc,
         vw = v_s.index(WG)
         mbarrier.wait(kv_ready, 0)
         if key0 + HALF > s_k:  # keys past the sequence end: zero K and V rows
-            _zero_rows_from(ka, s_k - key0, HALF, DA)
+            zero_rows_from(ka, 0, s_k - key0, HALF)
             if DB > 0:
-                _zero_rows_from(kb, s_k - key0, HALF, DB)
-            _zero_rows_from(vw, s_k - key0, HALF, D_V)
+                zero_rows_from(kb, 0, s_k - key0, HALF)
+            zero_rows_from(vw, 0, s_k - key0, HALF)
             fence_async_shared()
         offs_m = gl.arange(0, BLOCK_M, layout=row_s)
         for i in range(steps):

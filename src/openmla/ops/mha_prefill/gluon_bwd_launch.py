@@ -26,7 +26,6 @@ STAGES = 2  # Q / dO ring
 # (192, 128): smem = Q/dO 2 x 40 + K 48 + V 32 + P/dS 16 + dQ staging 48 = 224 KiB of the 227
 CONSUMER_REGS = 240
 LOAD_REGS = 24
-PRE_BLOCK = 64  # rows per program of the preprocess kernel
 # The schedule per (d_qk, d_v): (lag, sdp_early). lag: the dQ of a step is computed in the next
 # step (the consumer warpgroups decoupled by a second dS buffer pair) rather than in its own;
 # sdp_early: dP = dO·Vᵀ is issued together with S rather than once P is in shared memory (its
@@ -93,7 +92,7 @@ def mha_prefill_bwd_gluon_kernel(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqle
     from triton.experimental.gluon import language as gl
 
     from .gluon_bwd_kernel import _mha_bwd_gluon_kernel
-    from .kernel import _mha_bwd_preprocess_kernel
+    from .launch import bwd_preprocess
 
     total_q, h_q, d_qk = q.shape
     total_k, h_kv, d_v = v.shape
@@ -110,12 +109,7 @@ def mha_prefill_bwd_gluon_kernel(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqle
         dout = dout.contiguous()
     if out.stride(-1) != 1:
         out = out.contiguous()
-    delta = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
-    lse2 = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
-    _mha_bwd_preprocess_kernel[(triton.cdiv(total_q, PRE_BLOCK), h_q)](
-        out, dout, lse, delta, lse2, total_q, out.stride(0), out.stride(1),
-        dout.stride(0), dout.stride(1), lse.stride(0), lse.stride(1),
-        D_V=d_v, BLOCK_DV=d_v, BLOCK_M=PRE_BLOCK, num_warps=4)
+    delta, lse2 = bwd_preprocess(out, dout, lse)
     dq_acc = torch.zeros(total_q, h_q * d_qk, dtype=torch.float32, device=q.device)
     gdt = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     q2, k2, v2, do2 = _packed_2d(q), _packed_2d(k), _packed_2d(v), _packed_2d(dout)

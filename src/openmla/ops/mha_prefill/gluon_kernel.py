@@ -64,6 +64,20 @@ def find_seq(cu_ptr, blk, n_seqs, BLOCK: gl.constexpr):
 
 
 @gluon.jit
+def zero_rows_from(buf, row0, end, ROWS: gl.constexpr):
+    """Zero the rows of the shared tile ``buf [ROWS, d]`` whose key index ``row0 + r`` is at or
+    past ``end`` (16 rows at a time), so a NaN loaded past a sequence end cannot reach an MMA
+    through a zero factor."""
+    CHUNK: gl.constexpr = 16
+    zl: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
+    zrow = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, zl))
+    for c in gl.static_range(ROWS // CHUNK):
+        part = buf.slice(c * CHUNK, CHUNK, dim=0)
+        keep = gl.expand_dims(row0 + c * CHUNK + zrow < end, 1)
+        part.store(gl.where(keep, part.load(zl), 0.0))
+
+
+@gluon.jit
 def _program(item, n_items, cu_q_ptr, cu_k_ptr, n_seqs, n_vblocks, BLOCK_M: gl.constexpr,
              BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
     """Work item ``item``'s head, sequence bounds, first local row m0 and key tile count
@@ -183,15 +197,9 @@ def _await_v(v_s, v_ready, v_fix, s, phase, fix_phase, key0, s_k, WG: gl.constex
     (phase ``fix_phase``) before either reads the tile."""
     mbarrier.wait(v_ready.index(s), phase)
     if key0 + BLOCK_N > s_k:
-        CHUNK: gl.constexpr = 16
         HALF_N: gl.constexpr = BLOCK_N // 2
-        zl: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [4, 1], [1, 0])
-        zrow = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, zl))
-        buf = v_s.index(s)
-        for c in gl.static_range(HALF_N // CHUNK):
-            part = buf.slice(WG * HALF_N + c * CHUNK, CHUNK, dim=0)
-            keep = gl.expand_dims(key0 + WG * HALF_N + c * CHUNK + zrow < s_k, 1)
-            part.store(gl.where(keep, part.load(zl), 0.0))
+        zero_rows_from(v_s.index(s).slice(WG * HALF_N, HALF_N, dim=0), key0 + WG * HALF_N,
+                       s_k, HALF_N)
         fence_async_shared()
         mbarrier.arrive(v_fix, count=1)
         mbarrier.wait(v_fix, fix_phase)

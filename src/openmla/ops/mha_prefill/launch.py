@@ -91,6 +91,20 @@ def mha_prefill_fwd_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, c
     return out, lse
 
 
+def bwd_preprocess(out, dout, lse):
+    """The backward's preprocess kernel (both backwards run it): ``D = rowsum(dO∘O)`` and the
+    base-2 lse (``+inf`` for rows without keys), each a ``[h_q, total_q]`` float32 buffer."""
+    total_q, h_q, d_v = out.shape
+    delta = torch.empty(h_q, total_q, dtype=torch.float32, device=out.device)
+    lse2 = torch.empty(h_q, total_q, dtype=torch.float32, device=out.device)
+    if total_q > 0:
+        _mha_bwd_preprocess_kernel[(triton.cdiv(total_q, PRE_BLOCK), h_q)](
+            out, dout, lse, delta, lse2, total_q, out.stride(0), out.stride(1),
+            dout.stride(0), dout.stride(1), lse.stride(0), lse.stride(1),
+            D_V=d_v, BLOCK_DV=value_dim_tile(d_v), BLOCK_M=PRE_BLOCK, num_warps=4)
+    return delta, lse2
+
+
 DQ_FALLBACK = (128, 64, 2)  # dQ kernel tiles and stages when a fused request cannot fuse
 
 
@@ -142,13 +156,7 @@ def mha_prefill_bwd_kernel(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, 
         return (dq if mode == 0 or n_seqs < 1 else dq_acc.to(q.dtype)), dk, dv
     dims = _dims(q, v)
     interp = interpreting()
-    delta = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
-    lse2 = torch.empty(h_q, total_q, dtype=torch.float32, device=q.device)
-    if total_q > 0:
-        _mha_bwd_preprocess_kernel[(triton.cdiv(total_q, PRE_BLOCK), h_q)](
-            out, dout, lse, delta, lse2, total_q, out.stride(0), out.stride(1),
-            dout.stride(0), dout.stride(1), lse.stride(0), lse.stride(1),
-            D_V=dims["D_V"], BLOCK_DV=dims["BLOCK_DV"], BLOCK_M=PRE_BLOCK, num_warps=4)
+    delta, lse2 = bwd_preprocess(out, dout, lse)
     common = dict(**dims, CAUSAL=causal, UPCAST_DOT=interp,
                   ROUND_OUT=interp and q.dtype == torch.bfloat16, num_warps=num_warps)
     scale_log2 = softmax_scale * LOG2E

@@ -39,6 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._gluon_decode import swapped_softmax_step
 from ..schedule.gluon import schedule_part
 
 LN2 = gl.constexpr(0.6931471805599453)
@@ -427,22 +428,9 @@ def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_f
             # Q is read only by Sᵀ = K·Qᵀ: free it after the request's last tile of scores
             mbarrier.arrive(q_free, count=1, pred=t == t_hi - 1)
             st = gl.where(valid, st * scale_log2, float("-inf"))
-            m_new = gl.maximum(m_i, gl.max(st, axis=0))
-            p = gl.exp2(st - gl.expand_dims(m_new, 0))
-            alpha = gl.exp2(m_i - m_new)
-            l_i = l_i * alpha + gl.sum(p, axis=0)
-            m_i = m_new
-            # hand Pᵀ and the rescale factors to the PV warpgroup
-            mbarrier.wait(p_free, (msg & 1) ^ 1)
-            p_s.store(p.to(k_s.dtype))
-            a_s.store(alpha)
-            fence_async_shared()
-            mbarrier.arrive(p_ready, count=1)
-            msg += 1
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, head_ol), 0)
-            acc = warpgroup_mma(k0.permute((1, 0)), p_s, acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(k_free.index(s), count=1)
+            # online softmax; Pᵀ and the rescale factors to the PV warpgroup; own half of O
+            m_i, l_i, acc, msg = swapped_softmax_step(st, m_i, l_i, acc, k0, p_s, a_s, p_free,
+                                                      p_ready, k_free.index(s), msg, head_ol)
             it += 1
             t += 1
         # a request with no index tile in this part: Q was never read
