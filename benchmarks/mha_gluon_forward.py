@@ -71,6 +71,9 @@ def main() -> int:
     ap.add_argument("--check", default="0,1", help="grids the correctness check runs")
     ap.add_argument("--watchdog", type=float, default=240.0,
                     help="seconds the correctness subprocess may take (a hang is reported)")
+    ap.add_argument("--profile", choices=["causal", "noncausal"], default=None,
+                    help="only call the Gluon forward 3 times at 4 x 4096, the first --dims and "
+                         "--heads (for Nsight Compute: --launch-skip 2 --launch-count 1)")
     args = ap.parse_args()
     from openmla.ops.mha_prefill import gluon_launch
     from openmla.ops.mha_prefill.launch import mha_prefill_fwd_triton
@@ -78,6 +81,17 @@ def main() -> int:
     from openmla.testing.flops import mha_flops
 
     dev = torch.device("cuda")
+    if args.profile:
+        d, dv = (int(x) for x in args.dims[0].split("/"))
+        h, n, L = args.heads[0], 4, 4096
+        cu = torch.arange(0, n + 1, device=dev, dtype=torch.int32) * L
+        q, k = (torch.randn(n * L, h, d, device=dev, dtype=torch.bfloat16) for _ in range(2))
+        v = torch.randn(n * L, h, dv, device=dev, dtype=torch.bfloat16)
+        for _ in range(3):
+            gluon_launch.mha_prefill_fwd_gluon(q, k, v, cu, cu, d ** -0.5,
+                                               args.profile == "causal")
+        torch.cuda.synchronize()
+        return 0
     ceil = measure_ceilings(dev)
     print(f"{torch.cuda.get_device_name()}  copy {ceil.copy_gbps:.0f} GB/s  "
           f"matmul {ceil.matmul_tflops:.0f} TFLOPS", flush=True)

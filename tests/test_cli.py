@@ -128,6 +128,31 @@ def test_time_fn_measures_what_it_runs():
         B.time_fn(lambda: None, device="cpu", min_runs=5, max_runs=2)
 
 
+def test_run_case_times_providers_in_turn():
+    """With rounds, each provider's calls are timed in turn (a, b, a, b, ...), all of a
+    provider's calls make its percentiles, and a failing provider gets an error row while the
+    others are still timed."""
+    order = []
+
+    def fail():
+        raise RuntimeError("boom")
+
+    def build(device, providers):
+        calls = {"openmla": lambda: order.append("a"), "torch_sdpa": lambda: order.append("b"),
+                 "flash_mla": fail}
+        return B.Workload(calls, 1000, None)
+
+    case = B.BenchCase("mha_prefill", "x", build)
+    rows = B.run_case(case, torch.device("cpu"), ("openmla", "torch_sdpa", "flash_mla"),
+                      budget_s=0.01, max_runs=6, rounds=3, log=lambda _: None)
+    by = {r.provider: r for r in rows}
+    assert by["flash_mla"].timing is None and "boom" in by["flash_mla"].error
+    assert by["openmla"].timing.runs == by["torch_sdpa"].timing.runs == 3 * B.MIN_RUNS
+    runs = "".join(order[1:])  # the first call of openmla is its untimed first launch
+    blocks = [runs[i] for i in range(len(runs)) if i == 0 or runs[i] != runs[i - 1]]
+    assert blocks == ["a", "b"] * 3
+
+
 def test_rows_report_fraction_of_the_bounding_ceiling():
     ceil = B.Ceilings(copy_gbps=1000.0, matmul_tflops=100.0, copy_bytes=1, matmul_n=1,
                       matmul_dtype="bf16")

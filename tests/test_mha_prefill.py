@@ -626,3 +626,38 @@ def test_gluon_forward_through_autograd_gpu(d, monkeypatch):
     g_got = torch.autograd.grad(got[0], (case["q"], case["k"], case["v"]), dout)
     for name, a, b in zip(("dq", "dk", "dv"), g_got, g_base):
         assert_close(name, a, b, TOL[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dims", [(192, 128), (128, 128)])
+def test_fp16_default_backend_gpu(dims, causal, monkeypatch, poisoned_outputs):
+    """fp16 through the public function with the default backend (the Gluon forward and
+    backward on Hopper): varlen lengths and GQA 2, out / lse against the
+    float32 reference, gradients by FlashAttention's rule against PyTorch in fp16."""
+    d, dv = dims
+    case = gen.mha_inputs(3, 300, 400, 8, h_kv=4, d=d, dv=dv, causal=causal, varlen=True,
+                          requires_grad=True, dtype=FP16, device="cuda", seed=11)
+    monkeypatch.delenv("OPENMLA_BACKEND", raising=False)
+    monkeypatch.delenv("OPENMLA_BACKEND_MHA_PREFILL", raising=False)
+    problem = {"d_qk": d, "d_v": dv, "dtype": FP16}
+    if select("mha_prefill", device_info(case["q"].device), problem).name != "gluon":
+        pytest.skip("the Gluon kernels need a Hopper GPU and Triton's Gluon")
+    kw = gen.public_kwargs(case)
+    out, lse = openmla.flash_attn_varlen_func(**kw)
+    assert out.dtype == FP16
+    rk = gen.reference_kwargs("mha_prefill", case)
+    r_out, r_lse = mha_prefill_fwd_ref(**rk)
+    assert_close("out", out, r_out.to(FP16), TOL["out"])
+    assert_close("lse", lse, r_lse, TOL["lse"])
+    dout = case["extras"]["grad_out"]
+    got = torch.autograd.grad(out, (case["q"], case["k"], case["v"]), dout)
+    want = mha_prefill_bwd_ref(dout, case["q"], case["k"], case["v"], r_out, r_lse,
+                               rk["cu_seqlens_q"], rk["cu_seqlens_k"], rk["softmax_scale"],
+                               causal)
+    base = mha_backward_baseline(case["q"], case["k"], case["v"], rk["cu_seqlens_q"],
+                                 rk["cu_seqlens_k"], rk["softmax_scale"], causal, dout)
+    for name, g, w, pt in zip(("dq", "dk", "dv"), got, want, base):
+        assert g.dtype == FP16
+        why = compare_to_baseline(g, w, pt, TOL[name].cos_diff_tol)
+        assert why is None, f"{name}: {why}"

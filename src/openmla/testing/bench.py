@@ -56,6 +56,7 @@ QUICK_BUDGET_S = 0.25
 DEFAULT_MAX_RUNS = 100
 QUICK_MAX_RUNS = 10
 MIN_RUNS = 3
+ROUNDS = 3  # providers of a case timed in turn, this many rounds (run_case)
 DEFAULT_WARMUP = 2
 PERCENTILES = (20, 50, 80)
 TFLOP = 1e12
@@ -132,7 +133,16 @@ def time_fn(fn: Callable[[], Any], *, device: torch.device | str | None = None,
             warmup: int = DEFAULT_WARMUP, rep: int | None = None,
             budget_s: float = DEFAULT_BUDGET_S, min_runs: int = MIN_RUNS,
             max_runs: int = DEFAULT_MAX_RUNS, flush_l2: bool = True) -> Timing:
-    """Median / p20 / p80 microseconds per call of ``fn``.
+    """Median / p20 / p80 microseconds per call of ``fn`` (``time_samples``)."""
+    return _timing(time_samples(fn, device=device, warmup=warmup, rep=rep, budget_s=budget_s,
+                                min_runs=min_runs, max_runs=max_runs, flush_l2=flush_l2))
+
+
+def time_samples(fn: Callable[[], Any], *, device: torch.device | str | None = None,
+                 warmup: int = DEFAULT_WARMUP, rep: int | None = None,
+                 budget_s: float = DEFAULT_BUDGET_S, min_runs: int = MIN_RUNS,
+                 max_runs: int = DEFAULT_MAX_RUNS, flush_l2: bool = True) -> list[float]:
+    """Microseconds of each timed call of ``fn``.
 
     ``warmup`` untimed calls first (fewer when they exceed the budget; they also estimate the
     cost of a call); then ``rep`` timed
@@ -176,7 +186,7 @@ def time_fn(fn: Callable[[], Any], *, device: torch.device | str | None = None,
             start = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - start) * US_PER_S)
-        return _timing(samples)
+        return samples
 
     flusher = _L2Flusher(dev) if flush_l2 else None
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -188,7 +198,7 @@ def time_fn(fn: Callable[[], Any], *, device: torch.device | str | None = None,
         fn()
         end.record()
     sync()
-    return _timing([start.elapsed_time(end) * 1e3 for start, end in events])  # ms -> µs
+    return [start.elapsed_time(end) * 1e3 for start, end in events]  # ms -> µs
 
 
 def graph_time_fn(fn: Callable[[], Any], *, device: torch.device | str, reps: int = 30,
@@ -695,9 +705,14 @@ def _sync(device: torch.device) -> None:
 
 
 def run_case(case: BenchCase, device: torch.device, providers: Sequence[str], *,
-             budget_s: float, max_runs: int,
+             budget_s: float, max_runs: int, rounds: int | None = None,
              log: Callable[[str], None] = print) -> list[BenchRow]:
-    """Build one case's data, time each provider, free the data."""
+    """Build one case's data, time each provider, free the data.
+
+    On CUDA with several providers the providers are timed in turn, ``rounds`` rounds (default
+    ``ROUNDS``) of ``budget_s / rounds`` each, and each provider's percentiles are taken over all
+    its calls: GPU clocks drift as the card heats, and timing one provider after the other would
+    hand the drift to whichever runs second."""
     rows: list[BenchRow] = []
     try:
         work = case.build(device, providers)
@@ -706,30 +721,53 @@ def run_case(case: BenchCase, device: torch.device, providers: Sequence[str], *,
         _free(device)
         return [BenchRow(case.op, case.config, p, "-", None, 0, None,
                          f"{type(exc).__name__}: {exc}") for p in providers if p == "openmla"]
+    if rounds is None:
+        rounds = ROUNDS if device.type == "cuda" and len(work.calls) > 1 else 1
+    backends: dict[str, str] = {}
+    samples: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
     for provider, call in work.calls.items():
-        backend = provider if provider != "openmla" else "unknown"
+        backends[provider] = provider if provider != "openmla" else "unknown"
         try:
             if provider == "openmla":
                 with _record_backend(case.op) as seen:
                     call()  # first call: compiles kernels, tells which backend runs
                     _sync(device)
-                backend = seen[-1] if seen else _preferred_backend(case.op, device)
-            timing = time_fn(call, device=device, budget_s=budget_s, max_runs=max_runs)
-            graph = None
-            if case.op in GRAPH_OPS and device.type == "cuda":
-                try:
-                    graph = graph_time_fn(call, device=device)
-                except Exception as exc:  # noqa: BLE001 - a provider that cannot be captured
-                    log(f"  {case.op} [{case.config}] {provider}: no CUDA-graph timing: {exc}")
-            row = BenchRow(case.op, case.config, provider, backend, timing, work.flops,
-                           work.bytes, graph=graph)
-            log(f"  {case.op:<15} {case.config:<70} {provider:<10} {backend:<10} "
-                f"{timing.p50:12.1f} us  {row.tflops(timing.p50):8.2f} TFLOPS"
-                + (f"  (graph {graph.p50:.1f} us)" if graph is not None else ""))
+                backends[provider] = seen[-1] if seen else _preferred_backend(case.op, device)
+            samples[provider] = []
         except Exception as exc:  # noqa: BLE001
+            errors[provider] = f"{type(exc).__name__}: {exc}"
+    per_round = max(MIN_RUNS, math.ceil(max_runs / rounds))
+    for _ in range(rounds):
+        for provider, call in work.calls.items():
+            if provider in errors:
+                continue
+            try:
+                samples[provider] += time_samples(call, device=device,
+                                                  budget_s=budget_s / rounds,
+                                                  max_runs=per_round)
+            except Exception as exc:  # noqa: BLE001
+                errors[provider] = f"{type(exc).__name__}: {exc}"
+    for provider, call in work.calls.items():
+        backend = backends[provider]
+        if provider in errors:
             row = BenchRow(case.op, case.config, provider, backend, None, work.flops,
-                           work.bytes, f"{type(exc).__name__}: {exc}")
+                           work.bytes, errors[provider])
             log(f"  {case.op:<15} {case.config:<70} {provider:<10} failed: {row.error}")
+            rows.append(row)
+            continue
+        timing = _timing(samples[provider])
+        graph = None
+        if case.op in GRAPH_OPS and device.type == "cuda":
+            try:
+                graph = graph_time_fn(call, device=device)
+            except Exception as exc:  # noqa: BLE001 - a provider that cannot be captured
+                log(f"  {case.op} [{case.config}] {provider}: no CUDA-graph timing: {exc}")
+        row = BenchRow(case.op, case.config, provider, backend, timing, work.flops,
+                       work.bytes, graph=graph)
+        log(f"  {case.op:<15} {case.config:<70} {provider:<10} {backend:<10} "
+            f"{timing.p50:12.1f} us  {row.tflops(timing.p50):8.2f} TFLOPS"
+            + (f"  (graph {graph.p50:.1f} us)" if graph is not None else ""))
         rows.append(row)
     del work
     _free(device)
