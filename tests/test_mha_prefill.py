@@ -462,6 +462,14 @@ def test_gluon_grid_choice_is_a_pure_function_of_shapes(monkeypatch):
     items = 32 * 132
     assert use_persistent((items - 1) * 128, 1, 1, True, 132)
     assert not use_persistent(items * 128, 1, 1, True, 132)
+    # the grid: causal launches two items a CTA (whole rounds), non-causal one, persistent one
+    # CTA per SM
+    assert gluon_launch.grid_ctas(2112, True, False, 132) == 1056
+    assert gluon_launch.grid_ctas(9, True, False, 132) == 4
+    assert gluon_launch.grid_ctas(1, True, False, 132) == 1
+    assert gluon_launch.grid_ctas(2112, False, False, 132) == 2112
+    assert gluon_launch.grid_ctas(2112, True, True, 132) == 132
+    assert gluon_launch.grid_ctas(5, False, True, 132) == 5
 
 
 def test_gluon_forward_op_fake_and_gating():
@@ -526,6 +534,7 @@ GLUON_CASES = [
     ((700, 33), (300, 20), 8, 1, True),  # s_k < s_q: lonely causal rows; GQA 8
     ((300, 129), (1000, 500), 16, 2, True),  # s_k > s_q
     ((1000,), (1000,), 16, 16, True),
+    ((100, 50), (120, 60), 3, 1, True),  # 9 work items: two a CTA plus an odd one
     # more work items than SMs: a persistent CTA walks several items (ring, Q and tail phases)
     ((1000, 3000, 17, 0, 2048), (1000, 3000, 17, 0, 2048), 16, 4, True),
     ((1000, 3000, 17, 0, 2048), (900, 3100, 40, 5, 2000), 16, 4, False),
@@ -541,7 +550,7 @@ def _gluon_case(lens_q, lens_k, h_q, h_kv, d, dv, seed):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "per-item"])
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "default-grid"])
 @pytest.mark.parametrize("dims", [(192, 128), (128, 128)])
 @pytest.mark.parametrize("case", GLUON_CASES)
 def test_gluon_forward_vs_reference_gpu(case, dims, persistent, poisoned_outputs):
