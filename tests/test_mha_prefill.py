@@ -314,7 +314,15 @@ def test_kernels_vs_reference_gpu(shape, kernel_backend, poisoned_outputs):
     sq, sk, h, h_kv, d, dv, causal, varlen = shape
     case = gen.mha_inputs(2, sq, sk, h, h_kv=h_kv, d=d, dv=dv, causal=causal, varlen=varlen,
                           requires_grad=True, device="cuda", seed=hash(shape) % 997)
+    _check_public_call(case)
+
+
+def _check_public_call(case):
+    """``flash_attn_varlen_func`` on ``case``: out / lse against the float32 reference at the
+    op's tolerance, dq / dk / dv (in q's dtype) by FlashAttention's rule against PyTorch in the
+    inputs' dtype."""
     out, lse = openmla.flash_attn_varlen_func(**gen.public_kwargs(case))
+    assert out.dtype == case["q"].dtype
     rk = gen.reference_kwargs("mha_prefill", case)
     r_out, r_lse = mha_prefill_fwd_ref(**rk)
     assert_close("out", out, r_out.to(out.dtype), TOL["out"])
@@ -323,10 +331,11 @@ def test_kernels_vs_reference_gpu(shape, kernel_backend, poisoned_outputs):
     got = torch.autograd.grad(out, (case["q"], case["k"], case["v"]), dout)
     want = mha_prefill_bwd_ref(dout, case["q"], case["k"], case["v"], r_out, r_lse,
                                rk["cu_seqlens_q"], rk["cu_seqlens_k"], rk["softmax_scale"],
-                               causal)
+                               case["causal"])
     base = mha_backward_baseline(case["q"], case["k"], case["v"], rk["cu_seqlens_q"],
-                                     rk["cu_seqlens_k"], rk["softmax_scale"], causal, dout)
+                                 rk["cu_seqlens_k"], rk["softmax_scale"], case["causal"], dout)
     for name, g, w, pt in zip(("dq", "dk", "dv"), got, want, base):
+        assert g.dtype == case["q"].dtype
         why = compare_to_baseline(g, w, pt, TOL[name].cos_diff_tol)
         assert why is None, f"{name}: {why}"
 
@@ -652,21 +661,4 @@ def test_fp16_default_backend_gpu(dims, causal, monkeypatch, poisoned_outputs):
     problem = {"d_qk": d, "d_v": dv, "dtype": FP16}
     if select("mha_prefill", device_info(case["q"].device), problem).name != "gluon":
         pytest.skip("the Gluon kernels need a Hopper GPU and Triton's Gluon")
-    kw = gen.public_kwargs(case)
-    out, lse = openmla.flash_attn_varlen_func(**kw)
-    assert out.dtype == FP16
-    rk = gen.reference_kwargs("mha_prefill", case)
-    r_out, r_lse = mha_prefill_fwd_ref(**rk)
-    assert_close("out", out, r_out.to(FP16), TOL["out"])
-    assert_close("lse", lse, r_lse, TOL["lse"])
-    dout = case["extras"]["grad_out"]
-    got = torch.autograd.grad(out, (case["q"], case["k"], case["v"]), dout)
-    want = mha_prefill_bwd_ref(dout, case["q"], case["k"], case["v"], r_out, r_lse,
-                               rk["cu_seqlens_q"], rk["cu_seqlens_k"], rk["softmax_scale"],
-                               causal)
-    base = mha_backward_baseline(case["q"], case["k"], case["v"], rk["cu_seqlens_q"],
-                                 rk["cu_seqlens_k"], rk["softmax_scale"], causal, dout)
-    for name, g, w, pt in zip(("dq", "dk", "dv"), got, want, base):
-        assert g.dtype == FP16
-        why = compare_to_baseline(g, w, pt, TOL[name].cos_diff_tol)
-        assert why is None, f"{name}: {why}"
+    _check_public_call(case)
