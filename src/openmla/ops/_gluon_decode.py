@@ -1,4 +1,4 @@
-"""Gluon (Hopper) pieces shared by the dense and sparse decode kernels."""
+"""Gluon (Hopper) pieces shared by the MLA kernels: dense and sparse decode, sparse prefill."""
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -7,6 +7,32 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
+
+
+@gluon.jit
+def issue_scores(q_s, qr_s, k_s, kr_s, s, layout: gl.constexpr, ROWS: gl.constexpr,
+                 KEYS: gl.constexpr, SWAP: gl.constexpr = False, ROPE: gl.constexpr = True):
+    """Issue (asynchronously) the scores of the key tile in ring stage ``s``: S = Q·Kᵀ
+    ``[ROWS, KEYS]``, or with SWAP Sᵀ = K·Qᵀ ``[KEYS, ROWS]``. The head dims come as two
+    256-wide halves (``q_s`` 0 / 1 against ``k_s`` 2s / 2s + 1) plus, with ROPE, the 64-wide RoPE
+    part (``qr_s`` against ``kr_s`` s)."""
+    k0 = k_s.index(2 * s)
+    k1 = k_s.index(2 * s + 1)
+    if SWAP:
+        sc = gl.zeros([KEYS, ROWS], gl.float32, layout=layout)
+        sc = warpgroup_mma(k0, q_s.index(0).permute((1, 0)), sc, use_acc=False,
+                           is_async=True)
+        sc = warpgroup_mma(k1, q_s.index(1).permute((1, 0)), sc, is_async=True)
+        if ROPE:
+            sc = warpgroup_mma(kr_s.index(s), qr_s.permute((1, 0)), sc, is_async=True)
+    else:
+        sc = gl.zeros([ROWS, KEYS], gl.float32, layout=layout)
+        sc = warpgroup_mma(q_s.index(0), k0.permute((1, 0)), sc, use_acc=False,
+                           is_async=True)
+        sc = warpgroup_mma(q_s.index(1), k1.permute((1, 0)), sc, is_async=True)
+        if ROPE:
+            sc = warpgroup_mma(qr_s, kr_s.index(s).permute((1, 0)), sc, is_async=True)
+    return sc
 
 
 @gluon.jit

@@ -31,7 +31,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .._gluon_decode import swapped_softmax_step
+from .._gluon_decode import issue_scores, swapped_softmax_step
 from ..schedule.gluon import schedule_part
 
 LN2 = gl.constexpr(0.6931471805599453)
@@ -221,12 +221,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             _trace(progress_ptr, 1, r, it, msg, 12, TRACE)
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
             k0 = k_s.index(2 * s)
-            k1 = k_s.index(2 * s + 1)
-            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
-            sc = warpgroup_mma(q_s.index(0), k0.permute((1, 0)), sc, use_acc=False,
-                               is_async=True)
-            sc = warpgroup_mma(q_s.index(1), k1.permute((1, 0)), sc, is_async=True)
-            sc = warpgroup_mma(qr_s, kr_s.index(s).permute((1, 0)), sc, is_async=True)
+            sc = issue_scores(q_s, qr_s, k_s, kr_s, s, s_layout, BLOCK_H, BLOCK_N)
             sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
             if t == t_hi - 1:
                 # Q is read only by S = Q·Kᵀ: free it as soon as the last tile's scores are in
@@ -329,12 +324,7 @@ def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, 
             s = it % STAGES
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
             k0 = k_s.index(2 * s)
-            k1 = k_s.index(2 * s + 1)
-            st = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=s_layout)
-            st = warpgroup_mma(k0, q_s.index(0).permute((1, 0)), st, use_acc=False,
-                               is_async=True)
-            st = warpgroup_mma(k1, q_s.index(1).permute((1, 0)), st, is_async=True)
-            st = warpgroup_mma(kr_s.index(s), qr_s.permute((1, 0)), st, is_async=True)
+            st = issue_scores(q_s, qr_s, k_s, kr_s, s, s_layout, BLOCK_H, BLOCK_N, SWAP=True)
             st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
             if t == t_hi - 1:
                 mbarrier.arrive(q_free, count=1)  # Q is read only by Sᵀ = K·Qᵀ

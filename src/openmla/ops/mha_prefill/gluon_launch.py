@@ -105,8 +105,9 @@ def _packed_2d(t: torch.Tensor) -> torch.Tensor:
 def mha_prefill_fwd_gluon_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal,
                                  block_n, stages, persistent):
     """One forward launch (the body of ``openmla::mha_prefill_fwd_gluon``): ``out`` and the
-    head-major ``lse [h_q, total_q]`` buffer. ``persistent``: one CTA per SM over the work
-    items (128 query rows of one head each), else one CTA per item."""
+    head-major ``lse [h_q, total_q]`` buffer. The grid is ``grid_ctas``: ``persistent``, one
+    CTA per SM over the work items (128 query rows of one head each); else one CTA per item, two
+    for causal launches."""
     from triton.experimental.gluon import language as gl
 
     from .gluon_kernel import _mha_fwd_gluon_kernel

@@ -39,7 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .._gluon_decode import swapped_softmax_step
+from .._gluon_decode import issue_scores, swapped_softmax_step
 from ..schedule.gluon import schedule_part
 
 LN2 = gl.constexpr(0.6931471805599453)
@@ -311,12 +311,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
             s = it % STAGES
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
             k0 = k_s.index(2 * s)
-            k1 = k_s.index(2 * s + 1)
-            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
-            sc = warpgroup_mma(q_s.index(0), k0.permute((1, 0)), sc, use_acc=False,
-                               is_async=True)
-            sc = warpgroup_mma(q_s.index(1), k1.permute((1, 0)), sc, is_async=True)
-            sc = warpgroup_mma(qr_s, kr_s.index(s).permute((1, 0)), sc, is_async=True)
+            sc = issue_scores(q_s, qr_s, k_s, kr_s, s, s_layout, BLOCK_H, BLOCK_N)
             valid = gl.expand_dims(v_s.index(s).load(col_s) != 0, 0)
             sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
             # Q is read only by S = Q·Kᵀ: free it after the request's last tile of scores, so
@@ -417,12 +412,7 @@ def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_f
             s = it % STAGES
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
             k0 = k_s.index(2 * s)
-            k1 = k_s.index(2 * s + 1)
-            st = gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=s_layout)
-            st = warpgroup_mma(k0, q_s.index(0).permute((1, 0)), st, use_acc=False,
-                               is_async=True)
-            st = warpgroup_mma(k1, q_s.index(1).permute((1, 0)), st, is_async=True)
-            st = warpgroup_mma(kr_s.index(s), qr_s.permute((1, 0)), st, is_async=True)
+            st = issue_scores(q_s, qr_s, k_s, kr_s, s, s_layout, BLOCK_H, BLOCK_N, SWAP=True)
             valid = gl.expand_dims(v_s.index(s).load(key_s) != 0, 1)
             st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
             # Q is read only by Sᵀ = K·Qᵀ: free it after the request's last tile of scores

@@ -34,6 +34,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._gluon_decode import issue_scores
+
 LN2 = gl.constexpr(0.6931471805599453)
 LOG2E = gl.constexpr(1.4426950408889634)
 MAX_SENTINEL = gl.constexpr(-1.0e30)  # finite running-max start: no (-inf) - (-inf)
@@ -182,13 +184,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
             fence_async_shared()
             k0 = k_s.index(2 * s)
-            k1 = k_s.index(2 * s + 1)
-            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
-            sc = warpgroup_mma(q_s.index(0), k0.permute((1, 0)), sc, use_acc=False,
-                               is_async=True)
-            sc = warpgroup_mma(q_s.index(1), k1.permute((1, 0)), sc, is_async=True)
-            if D_ROPE > 0:
-                sc = warpgroup_mma(qr_s, kr_s.index(s).permute((1, 0)), sc, is_async=True)
+            sc = issue_scores(q_s, qr_s, k_s, kr_s, s, s_layout, BLOCK_H, BLOCK_N,
+                              ROPE=D_ROPE > 0)
             sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
             # Q is read only by S = Q·Kᵀ: free it after the item's last scores
             mbarrier.arrive(q_free, count=1, pred=t == n_tiles - 1)
