@@ -92,7 +92,9 @@ CASES = {
     "dense_decode": [
         ("triton pointer pbs16 h_kv2", lambda: _dense("triton", 3, 2, 32, 200, 16, True, 2)),
         ("triton tma", lambda: _dense("triton", 3, 1, 64, 300, 64, False)),
-        ("gluon", lambda: _dense("gluon", 4, 2, 64, 700, 64, True)),
+        ("gluon seesaw (128 rows)", lambda: _dense("gluon", 4, 2, 64, 700, 64, True)),
+        ("gluon seesaw, odd tile counts", lambda: _dense("gluon", 3, 1, 128, 200, 64, False)),
+        ("gluon 64 rows", lambda: _dense("gluon", 3, 1, 64, 400, 64, False)),
         ("gluon 16 heads (swapped)", lambda: _dense("gluon", 3, 1, 16, 300, 64, False)),
         ("gluon 2x12 rows causal (swapped)", lambda: _dense("gluon", 3, 2, 12, 500, 64, True)),
     ],

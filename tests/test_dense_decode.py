@@ -227,7 +227,7 @@ def _assert_public_call_matches_reference(case, outputs=None):
                                                   tile_scheduler_metadata=meta)
     r_out, r_lse = dense_decode_ref(**gen.reference_kwargs("dense_decode", case))
     tol = TOLERANCES["dense_decode"]
-    assert_close("out", out, r_out.to(BF16), tol["out"])
+    assert_close("out", out, r_out.to(out.dtype), tol["out"])
     assert_close("lse", lse, r_lse, tol["lse"])
     again = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
                                            tile_scheduler_metadata=meta)
@@ -252,7 +252,7 @@ def test_unaligned_cache_base_is_served(poisoned_outputs):
                                               tile_scheduler_metadata=openmla.get_mla_metadata()[0])
     r_out, r_lse = dense_decode_ref(**gen.reference_kwargs("dense_decode", case))
     tol = TOLERANCES["dense_decode"]
-    assert_close("out", out, r_out.to(BF16), tol["out"])
+    assert_close("out", out, r_out.to(out.dtype), tol["out"])
     assert_close("lse", lse, r_lse, tol["lse"])
 
 
@@ -359,4 +359,105 @@ def test_gluon_small_h_kernel_vs_reference(flag, shape, monkeypatch):
     b, s_q, h_q, s_k, causal, varlen, zero = shape
     case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, varlen=varlen,
                                    zero_seqlens=zero, device="cuda", seed=hash(shape) % 997)
+    _assert_public_call_matches_reference(case, nan_filled_outputs())
+
+
+SEESAW_COMPILE = r"""
+import json, re, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from openmla.ops.dense_decode.gluon_seesaw_kernel import _dense_decode_seesaw_kernel as fn
+from openmla.ops.dense_decode.launch import GLUON_LOAD_REGS, SEESAW_PEER_REGS
+from openmla.testing.sm90 import ptxas_report
+def desc(shape):
+    layout = gl.NVMMASharedLayout.get_default_for(shape, gl.bfloat16)
+    return f"tensordesc<bf16[{','.join(map(str, shape))}],{layout!r}>"
+types = {"q_desc": desc([64, 256]), "qr_desc": desc([64, 64]), "k_desc": desc([64, 256]),
+         "kr_desc": desc([64, 64]), "block_table_ptr": "*i32", "seqlens_ptr": "*i32",
+         "meta_ptr": "*i32", "num_splits_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
+         "o_acc_ptr": "*fp32", "lse_acc_ptr": "*fp32", "k_ptr": "*bf16", "scale_log2": "fp32"}
+ce = dict(PAGE_SIZE=64, D_HALF=256, D_ROPE=64, BLOCK_H=64, BLOCK_N=64, SCHED_N=64, OVERHEAD=5,
+          META_COLS=8, CAUSAL=sys.argv[1] == "1", PEER_REGS=SEESAW_PEER_REGS,
+          LOAD_REGS=GLUON_LOAD_REGS)
+sig = {n: "constexpr" if n in ce else types.get(n, "i32") for n in fn.arg_names}
+k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce),
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+ptx = k.asm["ptx"]
+rep = ptxas_report(ptx)
+print(json.dumps({"shapes": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
+                  "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)), "smem": k.metadata.shared,
+                  "spill": rep.spill_stores,
+                  "prefetch": len(re.findall(r"prefetch\.global\.L2", ptx))}))
+"""
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gluon_seesaw_kernel_compiles_for_sm90(causal):
+    """The seesaw kernel compiles for sm_90 without a GPU: a pair of key tiles is 2 x 36
+    m64n64k16 score products and 4 x 4 m64n256k16 P·V products, within the H100's shared
+    memory (Q, two key tiles, P1: 231,888 bytes measured), with the L2 prefetch in the loader
+    and spills of at most 160 bytes (measured 4 non-causal, 112 causal)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    from openmla.device import GLUON_TRITON, gluon_available
+
+    if not gluon_available():
+        pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run([sys.executable, "-c", SEESAW_COMPILE, "1" if causal else "0"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(res.stdout.strip().splitlines()[-1])
+    assert rep["shapes"] == ["m64n256k16", "m64n64k16"] and rep["wgmma"] == 2 * 36 + 4 * 4, rep
+    assert 0 < rep["smem"] <= 232448 and rep["spill"] <= 160 and rep["prefetch"] >= 2, rep
+
+
+def test_seesaw_dispatch_rule(monkeypatch):
+    """More than one 64-row tile a request takes the seesaw kernel; the variable forces it."""
+    monkeypatch.delenv(dd_launch.SEESAW_ENV, raising=False)
+    assert [dd_launch.use_seesaw(r) for r in (33, 64, 65, 128, 256)] == [
+        False, False, True, True, True]
+    monkeypatch.setenv(dd_launch.SEESAW_ENV, "0")
+    assert not dd_launch.use_seesaw(256)
+    monkeypatch.setenv(dd_launch.SEESAW_ENV, "1")
+    assert dd_launch.use_seesaw(64)
+
+
+SEESAW_SHAPES = [  # (b, s_q, h_q, s_k, causal, varlen, zero_seqlens, dtype)
+    (1, 1, 128, 65, False, False, False, BF16),  # two tiles: one pair, B1 all masked
+    (7, 2, 128, 777, True, False, False, BF16),  # odd tile counts
+    (74, 1, 128, 1500, False, True, True, BF16),
+    (4, 4, 64, 2000, True, True, False, BF16),
+    (2, 1, 128, 16384, False, False, False, BF16),
+    (6, 2, 128, 900, True, True, True, torch.float16),
+    (5, 1, 64, 129, False, True, True, BF16),  # one row tile, forced
+    (16, 1, 48, 3000, False, True, False, BF16),  # 48 rows, forced
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("flag,shape", [("1", s) for s in SEESAW_SHAPES]
+                         + [("0", SEESAW_SHAPES[1]), ("0", SEESAW_SHAPES[3]),
+                            ("0", SEESAW_SHAPES[5])])
+def test_gluon_seesaw_kernel_vs_reference(flag, shape, monkeypatch):
+    """The seesaw kernel (flag "1"; the default above 64 rows) and the default 64-row kernel
+    (OPENMLA_DENSE_SEESAW=0) through the public call against the float32 reference, outputs
+    NaN-filled before launch, bitwise run to run."""
+    from openmla.testing.compare import nan_filled_outputs
+
+    if not device_info("cuda").is_hopper:
+        pytest.skip("the Gluon kernel targets Hopper (sm90)")
+    monkeypatch.setenv("OPENMLA_BACKEND_DENSE_DECODE", "gluon")
+    monkeypatch.setenv(dd_launch.SEESAW_ENV, flag)
+    b, s_q, h_q, s_k, causal, varlen, zero, dtype = shape
+    case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, varlen=varlen,
+                                   zero_seqlens=zero, dtype=dtype, device="cuda",
+                                   seed=hash(shape[:7]) % 997)
     _assert_public_call_matches_reference(case, nan_filled_outputs())

@@ -31,6 +31,23 @@ SMALL_H_ENV = "OPENMLA_DENSE_GLUON_SMALL_H"
 SMALL_H_ROWS = 32
 SMALL_H_PV_REGS = 208
 GLUON_LOAD_REGS = 24  # the TMA-issuing warp needs few; 128 x (256 + 208 + 24) fits the 64K register file
+# Requests of more than one 64-row tile (s_q·h_q > 64: the compute-bound shapes) run the seesaw
+# kernel (gluon_seesaw_kernel.py: two peer warpgroups, each with its half of O and the S and
+# softmax of every other key tile, the next pair's tiles prefetched into L2). H100, CUDA-graph
+# replay, b=128: s_q=2 h_q=128 s_k=8192 causal 982 against 1038 us, s_q=1 h_q=128 521 against
+# 531, s_k=1024 108.5 against 112.4, varlen ~4096 295.5 against 302.6; with one row tile
+# (h_q=64, memory-bound) it lost (457.6 against 425.2), so those keep the default kernel.
+# OPENMLA_DENSE_SEESAW=0 / 1 forces the choice for 64-row tiles (tests, comparisons).
+SEESAW_ENV = "OPENMLA_DENSE_SEESAW"
+SEESAW_PEER_REGS = 232  # the second peer's registers; 128 x (256 + 232 + 24) = 64K
+
+
+def use_seesaw(rows: int) -> bool:
+    """Whether a launch of ``rows`` query rows a request (64-row tiles) takes the seesaw kernel."""
+    forced = os.environ.get(SEESAW_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    return rows > GLUON_BLOCK_H
 
 
 def _schedule(sched, cache_seqlens: torch.Tensor, num_parts: int):
@@ -189,8 +206,10 @@ def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num_splits,
                                softmax_scale, causal, head_dim_v, stages, progress=None,
                                load_warps=GLUON_LOAD_WARPS):
-    """Gluon split kernel (``gluon_kernel.py``) and combine for one call (the
-    ``openmla::dense_decode_gluon`` op).
+    """Gluon split kernel and combine for one call (the ``openmla::dense_decode_gluon`` op): the
+    swapped-product kernel at s_q·h_q <= 32, the seesaw kernel (``gluon_seesaw_kernel.py``)
+    above 64 rows (``use_seesaw``), the default one (``gluon_kernel.py``) between; ``stages``
+    is the default kernel's ring depth (the seesaw kernel has two stages).
 
     ``progress`` (debugging only): an int32 tensor of ``grid_ctas * 3 * 4`` elements in memory the
     host can read while the kernel runs (pinned host memory); each partition of each CTA writes
@@ -220,12 +239,24 @@ def dense_decode_gluon_kernels(q, k_cache, block_table, cache_seqlens, meta, num
     if swap:
         block_h, pv_regs = (16 if rows <= 16 else 32), SMALL_H_PV_REGS
     grid = (-(-rows // block_h), 1, num_parts)
+    descs = (tma_descriptor(q2, [block_h, half], gdt), tma_descriptor(q2, [block_h, d_rope], gdt),
+             tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),
+             tma_descriptor(k2, [GLUON_BLOCK_N, d_rope], gdt))
+    if not swap and progress is None and use_seesaw(rows):
+        from .gluon_seesaw_kernel import _dense_decode_seesaw_kernel
+
+        launch(_dense_decode_seesaw_kernel, grid, (
+            *descs, block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc, k2,
+            softmax_scale * LOG2E, s_q, h_q, block_table.stride(0),
+            *_output_strides(out, lse, o_acc, lse_acc)), dict(
+            PAGE_SIZE=page_size, D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
+            BLOCK_N=GLUON_BLOCK_N, SCHED_N=SCHED_N, OVERHEAD=REQUEST_OVERHEAD,
+            META_COLS=META_COLS, CAUSAL=bool(causal) and s_q > 1, PEER_REGS=SEESAW_PEER_REGS,
+            LOAD_REGS=GLUON_LOAD_REGS, num_warps=4))
+        decode_combine(o_acc, lse_acc, num_splits, out, lse)
+        return out, lse
     launch(_dense_decode_gluon_kernel, grid, (
-        tma_descriptor(q2, [block_h, half], gdt),
-        tma_descriptor(q2, [block_h, d_rope], gdt),
-        tma_descriptor(k2, [GLUON_BLOCK_N, half], gdt),
-        tma_descriptor(k2, [GLUON_BLOCK_N, d_rope], gdt),
-        block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
+        *descs, block_table, cache_seqlens, meta, num_splits, out, lse, o_acc, lse_acc,
         softmax_scale * LOG2E, s_q, h_q,
         block_table.stride(0),
         *_output_strides(out, lse, o_acc, lse_acc)), dict(

@@ -1,0 +1,144 @@
+"""Dense decode on Hopper: the seesaw kernel (``gluon_seesaw_kernel.py``, OPENMLA_DENSE_SEESAW=1)
+against the default 64-row kernel. First correctness of the seesaw kernel in a watchdogged
+subprocess (float32 reference, NaN-filled outputs, bitwise run to run), then both kernels timed
+in alternating rounds (CUDA-graph replay and events, L2 flushed before each call), with the
+matmul and copy ceilings of the same run.
+
+    PYTHONPATH=src python benchmarks/dense_seesaw_ab.py [--check-only|--time-only]
+"""
+import os
+import subprocess
+import sys
+
+CHECK = r"""
+import os, sys, torch
+os.environ["OPENMLA_BACKEND_DENSE_DECODE"] = "gluon"
+os.environ["OPENMLA_DENSE_SEESAW"] = sys.argv[1]
+import openmla
+from openmla.testing import generate as gen
+from openmla.testing.compare import TOLERANCES, assert_close, nan_filled_outputs
+from openmla.ops.dense_decode.ref import dense_decode_ref
+REPS = 12
+ROUNDS = 6
+SHAPES = [(2, 1, 64, 64, False, False, False), (1, 1, 128, 65, False, False, False),
+          (3, 2, 64, 300, True, True, False), (74, 1, 128, 1500, False, True, True),
+          (4, 4, 64, 2000, True, True, False), (2, 1, 128, 16384, False, False, False),
+          (7, 2, 128, 777, True, False, False), (5, 1, 64, 129, False, True, True),
+          (128, 2, 128, 8192, True, False, False), (16, 1, 48, 3000, False, True, False)]
+for i, (b, s_q, h_q, s_k, causal, varlen, zero) in enumerate(SHAPES):
+    case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, varlen=varlen,
+                                   zero_seqlens=zero, device="cuda", seed=100 + i)
+    meta = openmla.get_mla_metadata()[0]
+    with nan_filled_outputs():
+        out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                  tile_scheduler_metadata=meta)
+    r_out, r_lse = dense_decode_ref(**gen.reference_kwargs("dense_decode", case))
+    tol = TOLERANCES["dense_decode"]
+    assert_close("out", out, r_out.to(torch.bfloat16), tol["out"])
+    assert_close("lse", lse, r_lse, tol["lse"])
+    again = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case), tile_scheduler_metadata=meta)
+    torch.cuda.synchronize()
+    same = torch.equal(again[0], out) and torch.equal(again[1], lse)
+    err = (out.float() - r_out).abs().max().item()
+    print(f"ok {(b, s_q, h_q, s_k, causal, varlen, zero)} max|err| {err:.2e} bitwise {same}",
+          flush=True)
+    assert same
+print("ALL OK")
+"""
+
+
+def check(flag: str) -> bool:
+    env = dict(os.environ)
+    try:
+        r = subprocess.run([sys.executable, "-c", CHECK, flag], env=env, timeout=240,
+                           capture_output=True, text=True)
+    except subprocess.TimeoutExpired as e:
+        print(f"seesaw={flag}: TIMEOUT (hang?)\n{(e.stdout or b'')[-3000:]}", flush=True)
+        return False
+    print(f"seesaw={flag}: rc {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}", flush=True)
+    return r.returncode == 0
+
+
+ENV_KEYS = ("OPENMLA_DENSE_SEESAW", "OPENMLA_SEESAW_STAGGER", "OPENMLA_SEESAW_DIAG",
+            "OPENMLA_SEESAW_PREFETCH", "OPENMLA_DENSE_PREFETCH")
+VARIANTS = {  # name: environment
+    "default": {"OPENMLA_DENSE_SEESAW": "0"},
+    "seesaw": {"OPENMLA_DENSE_SEESAW": "1"},
+    "stagger": {"OPENMLA_DENSE_SEESAW": "1", "OPENMLA_SEESAW_STAGGER": "1"},
+    "prefetch": {"OPENMLA_DENSE_SEESAW": "1", "OPENMLA_SEESAW_PREFETCH": "1"},
+    "stag-pf": {"OPENMLA_DENSE_SEESAW": "1", "OPENMLA_SEESAW_PREFETCH": "1",
+                "OPENMLA_SEESAW_STAGGER": "1"},
+    "default-pf": {"OPENMLA_DENSE_SEESAW": "0", "OPENMLA_DENSE_PREFETCH": "1"},
+    "noload": {"OPENMLA_DENSE_SEESAW": "1", "OPENMLA_SEESAW_DIAG": "1"},
+    "stag-noload": {"OPENMLA_DENSE_SEESAW": "1", "OPENMLA_SEESAW_STAGGER": "1",
+                    "OPENMLA_SEESAW_DIAG": "1"},
+}
+REPS = 12
+ROUNDS = 6
+SHAPES = [(128, 2, 128, 8192, True, False), (128, 1, 128, 8192, False, False),
+          (128, 1, 128, 1024, False, False), (128, 1, 64, 8192, False, False),
+          (128, 1, 16, 8192, False, False), (128, 1, 128, 4096, False, True)]
+
+
+def time_ab():
+    import torch
+
+    import openmla
+    from openmla.testing import generate as gen
+    from openmla.testing.bench import graph_time_fn, measure_ceilings
+
+
+    os.environ["OPENMLA_BACKEND_DENSE_DECODE"] = "gluon"
+    ceil = measure_ceilings("cuda")
+    print(f"ceilings: copy {ceil.copy_gbps:.0f} GB/s, matmul {ceil.matmul_tflops:.0f} TFLOPS",
+          flush=True)
+    shapes = SHAPES
+    rows = []
+    for b, s_q, h_q, s_k, causal, varlen in shapes:
+        case = gen.dense_decode_inputs(b, s_q, h_q, s_k, causal=causal, varlen=varlen,
+                                       device="cuda", seed=0)
+        kw = gen.public_kwargs(case)
+        flop = 2 * s_q * h_q * int(case["cache_seqlens"].sum()) * (576 + 512)
+        if causal:
+            flop -= 2 * b * h_q * (s_q * (s_q - 1) // 2) * (576 + 512)
+        # rounds of a few replays of each variant in turn (one CUDA graph alive at a time), so
+        # the card's clock drift reaches every variant alike
+        times = {name: [] for name in VARIANTS}
+        for _ in range(ROUNDS):
+            for name, env in VARIANTS.items():
+                for k in ENV_KEYS:
+                    os.environ.pop(k, None)
+                os.environ.update(env)
+                meta = openmla.get_mla_metadata()[0]
+
+                def call(meta=meta):
+                    return openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=meta)
+                t = graph_time_fn(call, device="cuda", reps=REPS)
+                times[name] += [t.p50]
+        label = (f"b={b} s_q={s_q} h_q={h_q} s_k={s_k}{' causal' if causal else ''}"
+                 f"{' varlen' if varlen else ''}")
+        for name in VARIANTS:
+            t = sorted(times[name])
+            q = [t[0], t[len(t) // 2], t[-1]]
+            rows.append((label, name, q, flop / (q[1] * 1e-6) / 1e12 / ceil.matmul_tflops))
+            print(rows[-1], flush=True)
+        del case, kw
+        torch.cuda.empty_cache()
+    print(f"\n{'shape':38} {'kernel':12} {'min / median / max of round medians, us':>28} frac-matmul")
+    for label, k, q, fr in rows:
+        print(f"{label:38} {k:12} {' '.join(f'{x:8.1f}' for x in q):>28} {fr:.3f}")
+
+
+if __name__ == "__main__":
+    ok = True
+    if "--time-only" not in sys.argv:
+        flag = next((a.split("=")[1] for a in sys.argv if a.startswith("--check-flag=")), "1")
+        ok = check(flag)
+    for a in sys.argv:
+        if a.startswith("--variants="):
+            keep = a.split("=", 1)[1].split(",")
+            for name in list(VARIANTS):
+                if name not in keep:
+                    del VARIANTS[name]
+    if ok and "--check-only" not in sys.argv:
+        time_ab()
