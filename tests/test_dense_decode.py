@@ -398,7 +398,7 @@ def test_gluon_seesaw_kernel_compiles_for_sm90(causal):
     """The seesaw kernel compiles for sm_90 without a GPU: a pair of key tiles is 2 x 36
     m64n64k16 score products and 4 x 4 m64n256k16 P·V products, within the H100's shared
     memory (Q, two key tiles, P1: 231,888 bytes measured), with the L2 prefetch in the loader
-    and spills of at most 160 bytes (measured 4 non-causal, 112 causal)."""
+    and spills of at most 160 bytes (measured 24 non-causal, 144 causal)."""
     import json
     import subprocess
     import sys

@@ -11,8 +11,8 @@ in pairs (B0, B1) = (tiles t_lo + 2j, t_lo + 2j + 1), B0 in ring stage 0 and B1 
   O_L = O_L·exp2(m0 − m1) + P1·V1[:, :256];
 * warpgroup 1 computes S1 = Q·K1ᵀ meanwhile; with m0 published it does its softmax at
   m1 = max(m0, rowmax S1), publishes P1 (a buffer of its own), m1 and the row sums, adds
-  O_R = O_R·exp2(m_prev − m1) + P1·V1[:, 256:], then P0·V0[:, 256:] with P0 read back from
-  shared memory and brought to scale m1 (P0·exp2(m0 − m1), rounded to bf16 as P1 is).
+  O_R = O_R·exp2(m_prev − m1) + P0·V0[:, 256:] with P0 read back from shared memory and
+  brought to scale m1 (P0·exp2(m0 − m1), rounded to bf16 as P1 is), then P1·V1[:, 256:].
 
 So warpgroup 1's exponentials run under warpgroup 0's products, and both end a pair with the
 same m and l (plain online softmax, no final exchange).
@@ -20,7 +20,7 @@ same m and l (plain online softmax, no final exchange).
 Each key tile arrives as three pieces with barriers of their own, the NoPE halves L = K[:, :256]
 and R = K[:, 256:512] and the RoPE part E, and each piece is given back by the one warpgroup
 that reads it last, as soon as it has: E1 by warpgroup 1 right after S1; L0 by warpgroup 0 after
-P0·V0_L; R1 by warpgroup 1 after P1·V1_R; R0 and E0 (P0) by warpgroup 1 after P0·V0_R; L1 by
+P0·V0_L; R0 and E0 (P0) by warpgroup 1 after P0·V0_R; R1 by warpgroup 1 after P1·V1_R; L1 by
 warpgroup 0 after P1·V1_L. The loader refills them in that order, each S consumes its pieces in
 the order they come back (S0: L, R, E; S1: E, R, L), and the loader asks L2 for the next pair's
 tiles (a prefetch) while it issues this pair's copies: the four row tiles of a s_q = 2,
@@ -114,18 +114,18 @@ def _seesaw_load(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
             row0 = _tile_row(bt_row, t0, PAGE_SIZE, BLOCK_N)
             # B1: the next tile, or the last one again (all masked) after an odd count
             row1 = _tile_row(bt_row, gl.minimum(t0 + 1, t_hi - 1), PAGE_SIZE, BLOCK_N)
-            # in the order the pieces come back: E1 (after S1), L0 (after P0·V0_L), R1 (after
-            # P1·V1_R), R0 and E0 (after P0·V0_R), L1 (after P1·V1_L)
+            # in the order the pieces come back: E1 (after S1), L0 (after P0·V0_L), R0 and E0
+            # (after P0·V0_R), R1 (after P1·V1_R), L1 (after P1·V1_L)
             _load_piece(kr_desc, row1, 2 * D_HALF, kr_s.index(1), k_ready.index(3 + PIECE_E),
                         k_free.index(3 + PIECE_E), ph)
             _load_piece(k_desc, row0, 0, k_s.index(0), k_ready.index(PIECE_L),
                         k_free.index(PIECE_L), ph)
-            _load_piece(k_desc, row1, D_HALF, k_s.index(3), k_ready.index(3 + PIECE_R),
-                        k_free.index(3 + PIECE_R), ph)
             _load_piece(k_desc, row0, D_HALF, k_s.index(1), k_ready.index(PIECE_R),
                         k_free.index(PIECE_R), ph)
             _load_piece(kr_desc, row0, 2 * D_HALF, kr_s.index(0), k_ready.index(PIECE_E),
                         k_free.index(PIECE_E), ph)
+            _load_piece(k_desc, row1, D_HALF, k_s.index(3), k_ready.index(3 + PIECE_R),
+                        k_free.index(3 + PIECE_R), ph)
             _load_piece(k_desc, row1, 0, k_s.index(2), k_ready.index(3 + PIECE_L),
                         k_free.index(3 + PIECE_L), ph)
             # the next pair's tiles into L2 while this pair's copies are under way
@@ -308,23 +308,24 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
                 _ml_store(ml_s, ml2_s, ph, 3, BLOCK_H, l_i)
                 fence_async_shared()
                 mbarrier.arrive(p_bar.index(1), count=1)
-                # O_R at scale m1: P1 · V1[:, 256:] (P1 from registers) ...
-                r1 = k_s.index(3 + z)
-                _zero_tail(r1, key0_1, seqlen, BLOCK_N)
+                # O_R at scale m1: P0 · V0[:, 256:] with P0 read back and brought to scale m1
+                # (P0 · exp2(m0 - m1)), so that R0 and E0 go back to the loader first ...
                 acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
                 m_i = m1
-                acc = warpgroup_mma(gl.convert_layout(p16, p_layout), r1, acc, is_async=True)
-                # ... then P0 · V0[:, 256:] with P0 brought to scale m1 (P0 · exp2(m0 - m1))
                 p0 = _p_slot(kr_s, z, BLOCK_H, BLOCK_N).load(s_layout).to(gl.float32)
                 p0 = (p0 * gl.expand_dims(alpha1, 1)).to(dtype)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                mbarrier.arrive(k_free.index(3 + PIECE_R), count=1)  # done with R1
                 r0 = k_s.index(1 + z)
                 _zero_tail(r0, key0_0, seqlen, BLOCK_N)
                 acc = warpgroup_mma(gl.convert_layout(p0, p_layout), r0, acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(k_free.index(PIECE_R), count=1)  # done with R0 and E0 (P0)
                 mbarrier.arrive(k_free.index(PIECE_E), count=1)
+                # ... then P1 · V1[:, 256:] (P1 from registers)
+                r1 = k_s.index(3 + z)
+                _zero_tail(r1, key0_1, seqlen, BLOCK_N)
+                acc = warpgroup_mma(gl.convert_layout(p16, p_layout), r1, acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(k_free.index(3 + PIECE_R), count=1)  # done with R1
             pc += 1
             j += 1
         # a request with no key tile in this part never read its Q
@@ -383,20 +384,22 @@ def _dense_decode_seesaw_kernel(
         mbarrier.init(p_bar.index(i), count=1)
     fence_async_shared()
 
+    # warpgroup 1 (the more registers: P0 read back beside its own P1) is the default
+    # partition, which keeps all 256 registers a thread; warpgroup 0 gets PEER_REGS
     gl.warp_specialize([
         (_seesaw_peer, (q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_ready, k_free,
                         p_bar, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr,
                         o_acc_ptr, lse_acc_ptr, scale_log2, s_q, h_q,
                         stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
                         stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
-                        stride_la_t, 0, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD,
+                        stride_la_t, 1, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD,
                         META_COLS, CAUSAL)),
         (_seesaw_peer, (q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_ready, k_free,
                         p_bar, seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr,
                         o_acc_ptr, lse_acc_ptr, scale_log2, s_q, h_q,
                         stride_ob, stride_ot, stride_oh, stride_lb, stride_lh, stride_lt,
                         stride_oa_piece, stride_oa_t, stride_oa_h, stride_la_piece,
-                        stride_la_t, 1, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD,
+                        stride_la_t, 0, D_HALF, BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD,
                         META_COLS, CAUSAL)),
         (_seesaw_load, (q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s, q_ready,
                         q_free, k_ready, k_free, block_table_ptr, seqlens_ptr, meta_ptr, s_q,
