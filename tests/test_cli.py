@@ -198,3 +198,14 @@ def test_mha_varlen_case_runs_and_counts_real_lengths():
     assert len(grads) == 3 and all(bool(torch.isfinite(g).all()) for g in grads)
     assert work.flops > 0 and work.bytes is None
     assert "varlen" in case.config and "fwd+bwd" in case.config
+
+
+def test_bench_leaves_flash_mla_out_of_sparse_decode_shapes_it_cannot_take():
+    """FlashMLA's Hopper sparse-decode kernels take 64 or 128 heads and no extra cache; the
+    bench times it only there (it crashed the process at h_q=16)."""
+    from openmla.testing.bench import flash_mla_sparse_decode_takes
+
+    assert flash_mla_sparse_decode_takes(64, None) and flash_mla_sparse_decode_takes(128, None)
+    assert not flash_mla_sparse_decode_takes(16, None)
+    assert not flash_mla_sparse_decode_takes(32, None)
+    assert not flash_mla_sparse_decode_takes(128, 1024)
