@@ -112,6 +112,7 @@ CASES = {
         ("triton d576", lambda: _sparse_prefill("triton", 5, 300, 64, 128, 576)),
         ("triton d512 16 heads", lambda: _sparse_prefill("triton", 5, 300, 16, 96, 512)),
         ("gluon d576", lambda: _sparse_prefill("gluon", 5, 300, 128, 128, 576)),
+        ("gluon seesaw d576 64 heads, odd tiles", lambda: _sparse_prefill("gluon", 5, 300, 64, 130, 576)),
         ("gluon d512 16 heads", lambda: _sparse_prefill("gluon", 5, 300, 16, 96, 512)),
     ],
     "mha_prefill": [

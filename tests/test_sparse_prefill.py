@@ -431,3 +431,94 @@ def test_gluon_bitwise_deterministic_gpu(gluon_backend):
     runs = [openmla.flash_mla_sparse_fwd(**kw) for _ in range(3)]
     for run in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+
+
+SEESAW_COMPILE = r"""
+import json, re
+import triton
+from openmla.testing.sm90 import ptxas_report
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from openmla.ops.sparse_prefill import gluon_launch as L
+from openmla.ops.sparse_prefill.gluon_seesaw_kernel import _sparse_prefill_seesaw_kernel as fn
+ptrs = {"q_ptr": "*bf16", "kv_ptr": "*bf16", "indices_ptr": "*i32", "topk_length_ptr": "*i32",
+        "sink_ptr": "*fp32", "out_ptr": "*bf16", "max_logits_ptr": "*fp32", "lse_ptr": "*fp32"}
+aligned = ("stride_qt", "stride_qh", "stride_kvs", "stride_it", "stride_ot", "stride_oh")
+ce = dict(D_HALF=256, D_ROPE=64, BLOCK_H=L.BLOCK_H, BLOCK_N=L.BLOCK_N, HAS_TOPK_LEN=True,
+          HAS_SINK=True, PEER_REGS=L.SEESAW_PEER_REGS, LOAD_REGS=L.SEESAW_LOAD_REGS,
+          LOAD_WARPS=L.LOAD_WARPS, EVICT_LAST=False)
+sig, attrs = {}, {}
+for i, n in enumerate(fn.arg_names):
+    if n in ce:
+        sig[n] = "constexpr"
+    elif n in ptrs:
+        sig[n] = ptrs[n]
+        attrs[(i,)] = [["tt.divisibility", 16]]
+    else:
+        sig[n] = "fp32" if n == "scale_log2" else "i32"
+        if n in aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
+                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+ptx = k.asm["ptx"]
+print(json.dumps({"shapes": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
+                  "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)), "smem": k.metadata.shared,
+                  "spill": ptxas_report(ptx).spill_stores,
+                  "cp.async": len(re.findall(r"cp\.async\.cg\.shared\.global", ptx))}))
+"""
+
+
+def test_gluon_seesaw_kernel_compiles_for_sm90():
+    """The seesaw kernel compiles for sm_90 without a GPU: a pair of key tiles is 2 x 36
+    m64n64k16 score products and 4 x 4 m64n256k16 P·V products, cp.async gathers, no spill
+    at 216 / 216 / 80 registers, within the H100's shared memory (231,904 bytes measured)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    from openmla.device import GLUON_TRITON, gluon_available
+
+    if not gluon_available():
+        pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env.pop("TRITON_INTERPRET", None)
+    res = subprocess.run([sys.executable, "-c", SEESAW_COMPILE], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(res.stdout.strip().splitlines()[-1])
+    assert rep["shapes"] == ["m64n256k16", "m64n64k16"] and rep["wgmma"] == 2 * 36 + 4 * 4, rep
+    assert rep["spill"] == 0 and rep["cp.async"] > 0 and 0 < rep["smem"] <= 232448, rep
+
+
+def test_seesaw_dispatch_rule(monkeypatch):
+    """d_qk 576 with one head block a token takes the seesaw kernel; the variable forces it."""
+    from openmla.ops.sparse_prefill import gluon_launch as L
+
+    monkeypatch.delenv(L.SEESAW_ENV, raising=False)
+    assert L.use_seesaw(576, 1) and not L.use_seesaw(576, 2) and not L.use_seesaw(512, 1)
+    monkeypatch.setenv(L.SEESAW_ENV, "1")
+    assert L.use_seesaw(576, 2) and not L.use_seesaw(512, 2)
+    monkeypatch.setenv(L.SEESAW_ENV, "0")
+    assert not L.use_seesaw(576, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("flag,shape", [
+    ("1", (576, 62, 592, 128, 128, True)), ("1", (576, 213, 1592, 128, 384, False)),
+    ("1", (576, 37, 300, 72, 130, True)), ("0", (576, 50, 1840, 64, 200, True)),
+    ("0", (576, 37, 300, 16, 7, True))])
+def test_gluon_seesaw_forced_vs_reference_gpu(flag, shape, gluon_backend, poisoned_outputs,
+                                             monkeypatch):
+    """The seesaw kernel forced on at two head blocks a token (flag "1"; the default kernel's
+    shapes) and off at one (flag "0"), against the reference with NaN-poisoned outputs."""
+    if not device_info("cuda").is_hopper:
+        pytest.skip("the Gluon kernel is Hopper-only")
+    from openmla.ops.sparse_prefill import gluon_launch as L
+
+    monkeypatch.setenv(L.SEESAW_ENV, flag)
+    case = _poison(_gpu_case(*shape, seed=hash(shape) % 991))
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+    _check_vs_ref(case, out, max_logits, lse)

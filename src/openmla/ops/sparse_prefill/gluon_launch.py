@@ -4,6 +4,8 @@ synchronisation."""
 from __future__ import annotations
 
 
+import os
+
 import torch
 
 from ...device import device_info
@@ -18,6 +20,25 @@ LOAD_WARPS = 4  # gathering warps: 16 rows of each 64-row tile per warp
 # hold the tile's 16 row addresses per thread; 80 spilled)
 PV_REGS = 160
 LOAD_REGS = 96
+# The seesaw kernel (gluon_seesaw_kernel.py, d_qk 576) for one block of heads a token
+# (h_q <= 64): two peer warpgroups at 216 registers (the default partition keeps what is left:
+# 216) and the gather's 80, no spill. H200, s_q=4096 s_kv=32768 topk=2048, events µs: h_q=64
+# 2600.8 against 2708.6 for the default kernel; at h_q=128 (two head blocks a token) it lost,
+# 5078.7 against 4811.3. OPENMLA_SP_SEESAW=0 / 1 forces the choice at d_qk 576.
+SEESAW_ENV = "OPENMLA_SP_SEESAW"
+SEESAW_PEER_REGS = 216
+SEESAW_LOAD_REGS = 80
+
+
+def use_seesaw(d_qk: int, n_hb: int) -> bool:
+    """Whether a launch takes the seesaw kernel: d_qk 576 and one head block a token, unless
+    OPENMLA_SP_SEESAW forces it either way (d_qk 576 only)."""
+    if d_qk != D_V + 64:
+        return False
+    forced = os.environ.get(SEESAW_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    return n_hb == 1
 ALIGN = 16  # cp.async copies 16-byte pieces: bases and row strides must be 16-byte aligned
 
 
@@ -72,6 +93,20 @@ def sparse_prefill_gluon_kernel(q, kv, indices, attn_sink, topk_length, sm_scale
         load_regs = min((65536 - 128 * (256 + pv_regs)) // (32 * load_warps) // 8 * 8, 256)
     sink = attn_sink if attn_sink is not None else lse  # placeholder pointers, never read
     lengths = topk_length if topk_length is not None else indices
+    if use_seesaw(d_qk, n_hb):
+        from .gluon_seesaw_kernel import _sparse_prefill_seesaw_kernel
+
+        _sparse_prefill_seesaw_kernel[grid](
+            q, kv, indices, lengths, sink, out, max_logits, lse, sm_scale * LOG2E,
+            s_kv, h_q, topk, n_hb, n_items,
+            q.stride(0), q.stride(1), kv.stride(0), indices.stride(0),
+            lengths.stride(0), sink.stride(0), out.stride(0), out.stride(1),
+            max_logits.stride(0), max_logits.stride(1), lse.stride(0), lse.stride(1),
+            D_HALF=D_V // 2, D_ROPE=d_qk - D_V, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N,
+            HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
+            PEER_REGS=SEESAW_PEER_REGS, LOAD_REGS=SEESAW_LOAD_REGS, LOAD_WARPS=LOAD_WARPS,
+            EVICT_LAST=bool(evict_last), num_warps=4)
+        return out, max_logits, lse
     _sparse_prefill_gluon_kernel[grid](
         q, kv, indices, lengths, sink,
         out, max_logits, lse,

@@ -1,0 +1,71 @@
+"""Sparse prefill on Hopper: the seesaw kernel (``gluon_seesaw_kernel.py``, OPENMLA_SP_SEESAW=1)
+against the default kernel. Correctness of the seesaw kernel first (float32 reference,
+NaN-filled outputs, bitwise run to run), then both timed in alternating rounds (events, L2
+flushed before each call).
+
+    PYTHONPATH=src python benchmarks/sparse_prefill_seesaw_ab.py [--time-only]
+"""
+import os
+import sys
+
+import torch
+
+import openmla
+from openmla.ops.sparse_prefill.ref import sparse_prefill_ref
+from openmla.testing import generate as gen
+from openmla.testing.bench import measure_ceilings, time_samples
+from openmla.testing.compare import TOLERANCES, assert_close, nan_filled_outputs
+
+ENV = "OPENMLA_SP_SEESAW"
+CHECKS = [  # (s_q, s_kv, h_q, topk, sink, topk_length)
+    (5, 300, 64, 130, True, True), (3, 1000, 128, 256, False, False),
+    (7, 200, 16, 64, True, False), (2, 4096, 128, 2048, True, True),
+    (4, 129, 100, 65, False, True), (64, 32768, 128, 2048, True, False)]
+SHAPES = [(4096, 32768, 128, 2048), (4096, 32768, 64, 2048)]
+
+
+def check():
+    os.environ[ENV] = "1"
+    for i, (s_q, s_kv, h_q, topk, sink, tl) in enumerate(CHECKS):
+        case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, with_attn_sink=sink,
+                                         with_topk_length=tl, device="cuda", seed=10 + i)
+        with nan_filled_outputs():
+            out = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+        ref = sparse_prefill_ref(**gen.reference_kwargs("sparse_prefill", case))
+        tol = TOLERANCES["sparse_prefill"]
+        for name, a, r in zip(("out", "max_logits", "lse"), out, ref):
+            assert_close(name, a, r.to(a.dtype), tol[name])
+        again = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
+        same = all(torch.equal(x, y) for x, y in zip(out, again))
+        print(f"ok {(s_q, s_kv, h_q, topk, sink, tl)} bitwise {same}", flush=True)
+        assert same
+
+
+def time_ab():
+    ceil = measure_ceilings("cuda")
+    print(f"ceilings: copy {ceil.copy_gbps:.0f} GB/s, matmul {ceil.matmul_tflops:.0f} TFLOPS")
+    for s_q, s_kv, h_q, topk in SHAPES:
+        case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, with_attn_sink=True,
+                                         device="cuda", seed=0)
+        kw = gen.public_kwargs(case)
+        t = {"0": [], "1": []}
+        for _ in range(4):
+            for flag in ("0", "1"):
+                os.environ[ENV] = flag
+                t[flag] += time_samples(lambda: openmla.flash_mla_sparse_fwd(**kw),
+                                        device="cuda", budget_s=0.5, max_runs=40)
+        flop = 2 * s_q * h_q * topk * (576 + 512)
+        for flag, name in (("0", "default"), ("1", "seesaw")):
+            x = sorted(t[flag])
+            med = x[len(x) // 2]
+            print(f"s_q={s_q} h_q={h_q} topk={topk} {name:8} median {med:8.1f} us "
+                  f"(p20 {x[len(x) // 5]:.1f}, p80 {x[4 * len(x) // 5]:.1f}) "
+                  f"{flop / med / 1e6 / ceil.matmul_tflops:.3f} of matmul", flush=True)
+        del case, kw
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    if "--time-only" not in sys.argv:
+        check()
+    time_ab()

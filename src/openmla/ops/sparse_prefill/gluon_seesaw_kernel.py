@@ -1,0 +1,361 @@
+"""Hopper (sm90) sparse MLA prefill in Gluon with the seesaw schedule (SPEC §6.1), d_qk 576.
+
+Same contract, work items and gather as ``gluon_kernel.py``; the two warpgroups are peers, as
+in dense decode's ``gluon_seesaw_kernel.py``: each owns half of the output columns and an item's
+key tiles go in pairs (B0, B1), B0 in ring stage 0 and B1 in stage 1. Warpgroup 0 computes S0,
+its softmax and P0 (published in B0's RoPE buffer with m0 and the row sums), O_L += P0·V0_L, then
+O_L += P1·V1_L once P1 is published; warpgroup 1 computes S1 meanwhile, its softmax at
+m1 = max(m0, rowmax S1), publishes P1 (a buffer of its own), then O_R += (P0 brought to m1)·V0_R
+and P1·V1_R. Each key tile is gathered as three pieces (L = K[:, :256], R = K[:, 256:512], E = RoPE)
+with barriers of their own, and each piece goes back to the gather as soon as its last reader is
+done (E1 after S1; L0 after P0·V0_L; R0 and E0 after P0·V0_R; R1 after P1·V1_R; L1 after
+P1·V1_L), the gather refilling them in that order. An odd tile count ends with a pair whose B1
+lists no slot (zero-filled, every key masked). At the end of an item both warpgroups hold the
+same m and l; warpgroup 0 writes max_logits and lse, each its half of O.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from .gluon_kernel import LN2, LOG2E, MAX_SENTINEL, _gather_rows, _item
+
+PIECE_L = gl.constexpr(0)
+PIECE_R = gl.constexpr(1)
+PIECE_E = gl.constexpr(2)
+
+
+@gluon.jit
+def _row_offsets(idx, s_kv, stride_kvs):
+    """Row offsets of a tile's slots and which are valid (invalid ones read row 0, masked)."""
+    ok = (idx >= 0) & (idx < s_kv)
+    return gl.where(ok, idx, 0).to(gl.int64) * stride_kvs, ok
+
+
+@gluon.jit
+def _gather_piece(dst, kv_ptr, off, ok, col0, WIDTH: gl.constexpr, layout: gl.constexpr,
+                  ready, free, phase, EVICT_LAST: gl.constexpr):
+    mbarrier.wait(free, phase ^ 1)
+    _gather_rows(dst, kv_ptr, off, ok, col0, WIDTH, layout, EVICT_LAST)
+    async_copy.mbarrier_arrive(ready, increment_count=False)
+
+
+@gluon.jit
+def _seesaw_gather(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
+                   q_ptr, kv_ptr, indices_ptr, topk_length_ptr,
+                   s_kv, h_q, topk, n_hb, n_items,
+                   stride_qt, stride_qh, stride_kvs, stride_it, stride_tl,
+                   D_HALF: gl.constexpr, D_ROPE: gl.constexpr, BLOCK_H: gl.constexpr,
+                   BLOCK_N: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
+                   LOAD_WARPS: gl.constexpr, EVICT_LAST: gl.constexpr):
+    half_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [LOAD_WARPS, 1], [1, 0])
+    rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [LOAD_WARPS, 1], [1, 0])
+    offs_n_h = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, half_l))
+    offs_n_r = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rope_l))
+    offs_qh_h = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, half_l))
+    offs_qh_r = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, rope_l))
+    pc = 0
+    rq = 0
+    item = gl.program_id(0)
+    while item < n_items:
+        tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
+                                          HAS_TOPK_LEN, BLOCK_N)
+        tok64 = tok.to(gl.int64)
+        mbarrier.wait(q_free, (rq & 1) ^ 1)
+        q_base = q_ptr + tok64 * stride_qt
+        head_h = hb * BLOCK_H + offs_qh_h
+        _gather_rows(q_s.index(0), q_base, head_h * stride_qh, head_h < h_q, 0, D_HALF, half_l,
+                     False)
+        _gather_rows(q_s.index(1), q_base, head_h * stride_qh, head_h < h_q, D_HALF, D_HALF,
+                     half_l, False)
+        head_r = hb * BLOCK_H + offs_qh_r
+        _gather_rows(qr_s, q_base, head_r * stride_qh, head_r < h_q, 2 * D_HALF, D_ROPE, rope_l,
+                     False)
+        async_copy.mbarrier_arrive(q_ready, increment_count=False)
+        idx_row = indices_ptr + tok64 * stride_it
+        n_pairs = (n_tiles + 1) // 2
+        j = 0
+        while j < n_pairs:
+            ph = pc & 1
+            t0 = 2 * j
+            # the indices of both tiles first (their latency hides behind the waits); B1 past
+            # the item's last tile lists no slot: zero-filled, never read from memory
+            s0_h = t0 * BLOCK_N + offs_n_h
+            s0_r = t0 * BLOCK_N + offs_n_r
+            i0_h = gl.load(idx_row + s0_h, mask=s0_h < n_slots, other=-1)
+            i0_r = gl.load(idx_row + s0_r, mask=s0_r < n_slots, other=-1)
+            i1_h = gl.load(idx_row + s0_h + BLOCK_N, mask=s0_h + BLOCK_N < n_slots, other=-1)
+            i1_r = gl.load(idx_row + s0_r + BLOCK_N, mask=s0_r + BLOCK_N < n_slots, other=-1)
+            # in the order the pieces come back: E1, L0, R0, E0, R1, L1
+            off, ok = _row_offsets(i1_r, s_kv, stride_kvs)
+            _gather_piece(kr_s.index(1), kv_ptr, off, ok, 2 * D_HALF, D_ROPE, rope_l,
+                          k_ready.index(3 + PIECE_E), k_free.index(3 + PIECE_E), ph, EVICT_LAST)
+            off, ok = _row_offsets(i0_h, s_kv, stride_kvs)
+            _gather_piece(k_s.index(0), kv_ptr, off, ok, 0, D_HALF, half_l,
+                          k_ready.index(PIECE_L), k_free.index(PIECE_L), ph, EVICT_LAST)
+            _gather_piece(k_s.index(1), kv_ptr, off, ok, D_HALF, D_HALF, half_l,
+                          k_ready.index(PIECE_R), k_free.index(PIECE_R), ph, EVICT_LAST)
+            off, ok = _row_offsets(i0_r, s_kv, stride_kvs)
+            _gather_piece(kr_s.index(0), kv_ptr, off, ok, 2 * D_HALF, D_ROPE, rope_l,
+                          k_ready.index(PIECE_E), k_free.index(PIECE_E), ph, EVICT_LAST)
+            off, ok = _row_offsets(i1_h, s_kv, stride_kvs)
+            _gather_piece(k_s.index(3), kv_ptr, off, ok, D_HALF, D_HALF, half_l,
+                          k_ready.index(3 + PIECE_R), k_free.index(3 + PIECE_R), ph, EVICT_LAST)
+            _gather_piece(k_s.index(2), kv_ptr, off, ok, 0, D_HALF, half_l,
+                          k_ready.index(3 + PIECE_L), k_free.index(3 + PIECE_L), ph, EVICT_LAST)
+            pc += 1
+            j += 1
+        rq += 1
+        item += gl.num_programs(0)
+
+
+@gluon.jit
+def _p_slot(kr_s, stage, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr):
+    """P [BLOCK_H, BLOCK_N] of the tile in ``stage``: the bytes of its RoPE key buffer."""
+    p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], kr_s.dtype)
+    return kr_s.index(stage)._reinterpret(kr_s.dtype, [BLOCK_H, BLOCK_N], p_sl)
+
+
+@gluon.jit
+def _ml_load(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, layout: gl.constexpr):
+    """Row vector k of [m0, l0, m1, l1] for pair parity ``ph`` (one buffer per parity)."""
+    if ph == 0:
+        v = ml_s.slice(k * BLOCK_H, BLOCK_H).load(layout)
+    else:
+        v = ml2_s.slice(k * BLOCK_H, BLOCK_H).load(layout)
+    return v
+
+
+@gluon.jit
+def _ml_store(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, v):
+    if ph == 0:
+        ml_s.slice(k * BLOCK_H, BLOCK_H).store(v)
+    else:
+        ml2_s.slice(k * BLOCK_H, BLOCK_H).store(v)
+
+
+@gluon.jit
+def _wait_piece(ready, ph):
+    mbarrier.wait(ready, ph)
+    fence_async_shared()  # cp.async (generic proxy) wrote the piece; wgmma reads it (async proxy)
+
+
+@gluon.jit
+def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_ready, k_free,
+                 p_bar, indices_ptr, topk_length_ptr, sink_ptr, out_ptr, max_logits_ptr,
+                 lse_ptr, scale_log2, s_kv, h_q, topk, n_hb, n_items,
+                 stride_it, stride_tl, stride_sink, stride_ot, stride_oh,
+                 stride_mt, stride_mh, stride_lt, stride_lh,
+                 WG: gl.constexpr, D_HALF: gl.constexpr, BLOCK_H: gl.constexpr,
+                 BLOCK_N: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr):
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, D_HALF, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
+    offs_n = gl.arange(0, BLOCK_N, layout=col_s)
+    offs_h_s = gl.arange(0, BLOCK_H, layout=row_s)
+    offs_h_o = gl.arange(0, BLOCK_H, layout=row_o)
+    offs_d = WG * D_HALF + gl.arange(0, D_HALF, layout=col_o)
+    dtype: gl.constexpr = k_s.dtype
+    pc = 0
+    rq = 0
+    item = gl.program_id(0)
+    while item < n_items:
+        tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
+                                          HAS_TOPK_LEN, BLOCK_N)
+        n_pairs = (n_tiles + 1) // 2
+        tok64 = tok.to(gl.int64)
+        idx_row = indices_ptr + tok64 * stride_it
+        mbarrier.wait(q_ready, rq & 1)
+        fence_async_shared()
+        m_i = gl.full([BLOCK_H], MAX_SENTINEL, gl.float32, layout=row_s)
+        l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_s)
+        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        j = 0
+        while j < n_pairs:
+            ph = pc & 1
+            # a zero ptxas cannot prove (fixed shared-memory operands; see the dense kernel)
+            z = j // (n_pairs + 1)
+            slots = (2 * j + WG) * BLOCK_N + offs_n
+            idx = gl.load(idx_row + slots, mask=slots < n_slots, other=-1)
+            valid = gl.expand_dims((idx >= 0) & (idx < s_kv), 0)
+            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
+            if WG == 0:
+                _wait_piece(k_ready.index(PIECE_L), ph)
+                sc = warpgroup_mma(q_s.index(z), k_s.index(z).permute((1, 0)), sc,
+                                   use_acc=False, is_async=True)
+                _wait_piece(k_ready.index(PIECE_R), ph)
+                sc = warpgroup_mma(q_s.index(1 + z), k_s.index(1 + z).permute((1, 0)), sc,
+                                   is_async=True)
+                _wait_piece(k_ready.index(PIECE_E), ph)
+                sc = warpgroup_mma(qr_s, kr_s.index(z).permute((1, 0)), sc, is_async=True)
+                sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+            else:
+                _wait_piece(k_ready.index(3 + PIECE_E), ph)
+                sc = warpgroup_mma(qr_s, kr_s.index(1 + z).permute((1, 0)), sc, use_acc=False,
+                                   is_async=True)
+                _wait_piece(k_ready.index(3 + PIECE_R), ph)
+                sc = warpgroup_mma(q_s.index(1 + z), k_s.index(3 + z).permute((1, 0)), sc,
+                                   is_async=True)
+                _wait_piece(k_ready.index(3 + PIECE_L), ph)
+                sc = warpgroup_mma(q_s.index(z), k_s.index(2 + z).permute((1, 0)), sc,
+                                   is_async=True)
+                sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+                mbarrier.arrive(k_free.index(3 + PIECE_E), count=1)  # E1: read by S1 only
+            # Q is read only by S = Q·Kᵀ: free it after the item's last scores
+            mbarrier.arrive(q_free, count=1, pred=j == n_pairs - 1)
+            sc = gl.where(valid, sc * scale_log2, float("-inf"))
+            if WG == 0:
+                m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+                p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+                alpha = gl.exp2(m_i - m_new)
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                m_i = m_new
+                p16 = p.to(dtype)
+                _p_slot(kr_s, z, BLOCK_H, BLOCK_N).store(p16)
+                _ml_store(ml_s, ml2_s, ph, 0, BLOCK_H, m_i)
+                _ml_store(ml_s, ml2_s, ph, 1, BLOCK_H, l_i)
+                fence_async_shared()
+                mbarrier.arrive(p_bar.index(0), count=1)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+                acc = warpgroup_mma(gl.convert_layout(p16, p_layout), k_s.index(z), acc,
+                                    is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(k_free.index(PIECE_L), count=1)  # done with L0
+                mbarrier.wait(p_bar.index(1), ph)
+                m1 = _ml_load(ml_s, ml2_s, ph, 2, BLOCK_H, row_s)
+                l_i = _ml_load(ml_s, ml2_s, ph, 3, BLOCK_H, row_s)
+                acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
+                m_i = m1
+                acc = warpgroup_mma(p1_s, k_s.index(2 + z), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(k_free.index(3 + PIECE_L), count=1)  # done with L1
+            else:
+                mbarrier.wait(p_bar.index(0), ph)
+                m0 = _ml_load(ml_s, ml2_s, ph, 0, BLOCK_H, row_s)
+                l0s = _ml_load(ml_s, ml2_s, ph, 1, BLOCK_H, row_s)
+                m1 = gl.maximum(m0, gl.max(sc, axis=1))
+                p = gl.exp2(sc - gl.expand_dims(m1, 1))
+                alpha1 = gl.exp2(m0 - m1)
+                l_i = l0s * alpha1 + gl.sum(p, axis=1)
+                p16 = p.to(dtype)
+                p1_s.store(p16)
+                _ml_store(ml_s, ml2_s, ph, 2, BLOCK_H, m1)
+                _ml_store(ml_s, ml2_s, ph, 3, BLOCK_H, l_i)
+                fence_async_shared()
+                mbarrier.arrive(p_bar.index(1), count=1)
+                acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
+                m_i = m1
+                # P0 · V0[:, 256:] with P0 brought to m1, so that R0 and E0 go back first
+                p0 = _p_slot(kr_s, z, BLOCK_H, BLOCK_N).load(s_layout).to(gl.float32)
+                p0 = (p0 * gl.expand_dims(alpha1, 1)).to(dtype)
+                acc = warpgroup_mma(gl.convert_layout(p0, p_layout), k_s.index(1 + z), acc,
+                                    is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(k_free.index(PIECE_R), count=1)  # done with R0 and E0 (P0)
+                mbarrier.arrive(k_free.index(PIECE_E), count=1)
+                acc = warpgroup_mma(gl.convert_layout(p16, p_layout), k_s.index(3 + z), acc,
+                                    is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(k_free.index(3 + PIECE_R), count=1)  # done with R1
+            pc += 1
+            j += 1
+        # an item with no key tile never read its Q
+        mbarrier.arrive(q_free, count=1, pred=n_pairs == 0)
+        has_keys = l_i > 0.0
+        safe_l = gl.where(has_keys, l_i, 1.0)
+        lse2 = m_i + gl.log2(safe_l)
+        mult = 1.0 / safe_l
+        head_s = hb * BLOCK_H + offs_h_s
+        mask_s = head_s < h_q
+        if HAS_SINK:
+            # out · 1 / (1 + e^(σ - lse)); σ = +inf gives 0, σ = -inf gives 1
+            sink = gl.load(sink_ptr + head_s * stride_sink, mask=mask_s, other=float("-inf"))
+            mult = mult / (1.0 + gl.exp2(sink * LOG2E - gl.where(has_keys, lse2, 0.0)))
+        mult = gl.where(has_keys, mult, 0.0)
+        if WG == 0:
+            gl.store(max_logits_ptr + tok64 * stride_mt + head_s * stride_mh,
+                     gl.where(has_keys, m_i * LN2, float("-inf")), mask=mask_s)
+            gl.store(lse_ptr + tok64 * stride_lt + head_s * stride_lh,
+                     gl.where(has_keys, lse2 * LN2, float("inf")), mask=mask_s)
+        head_o = hb * BLOCK_H + offs_h_o
+        o = acc * gl.expand_dims(gl.convert_layout(mult, row_o), 1)
+        ptrs = (out_ptr + tok64 * stride_ot + gl.expand_dims(head_o * stride_oh, 1)
+                + gl.expand_dims(offs_d, 0))
+        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(head_o < h_q, 1))
+        rq += 1
+        item += gl.num_programs(0)
+
+
+@gluon.jit
+def _sparse_prefill_seesaw_kernel(
+    q_ptr, kv_ptr, indices_ptr, topk_length_ptr, sink_ptr,
+    out_ptr, max_logits_ptr, lse_ptr,
+    scale_log2,  # sm_scale * log2(e)
+    s_kv, h_q, topk, n_hb, n_items,
+    stride_qt, stride_qh, stride_kvs, stride_it, stride_tl, stride_sink,
+    stride_ot, stride_oh, stride_mt, stride_mh, stride_lt, stride_lh,
+    D_HALF: gl.constexpr, D_ROPE: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+    HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+    PEER_REGS: gl.constexpr, LOAD_REGS: gl.constexpr, LOAD_WARPS: gl.constexpr,
+    EVICT_LAST: gl.constexpr,
+):
+    gl.static_assert(D_ROPE == BLOCK_N, "P lives in a RoPE key buffer: d_qk 576 only")
+    gl.static_assert(BLOCK_H == BLOCK_N, "P lives in a RoPE key buffer: BLOCK_H == BLOCK_N")
+    dtype: gl.constexpr = kv_ptr.dtype.element_ty
+    half_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_HALF], dtype)
+    rope_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_ROPE], dtype)
+    p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], dtype)
+    q_s = gl.allocate_shared_memory(dtype, [2, BLOCK_H, D_HALF], half_sl)
+    qr_s = gl.allocate_shared_memory(dtype, [BLOCK_H, D_ROPE], rope_sl)
+    k_s = gl.allocate_shared_memory(dtype, [4, BLOCK_N, D_HALF], half_sl)
+    kr_s = gl.allocate_shared_memory(dtype, [2, BLOCK_N, D_ROPE], rope_sl)
+    p1_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
+    ml_s = gl.allocate_shared_memory(gl.float32, [4 * BLOCK_H],
+                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    ml2_s = gl.allocate_shared_memory(gl.float32, [4 * BLOCK_H],
+                                      gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
+    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [6, 1], mbarrier.MBarrierLayout())
+    k_free = gl.allocate_shared_memory(gl.int64, [6, 1], mbarrier.MBarrierLayout())
+    p_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    # every gathering thread arrives (cp.async.mbarrier.arrive.noinc) once its copies land
+    mbarrier.init(q_ready, count=32 * LOAD_WARPS)
+    mbarrier.init(q_free, count=2)  # both warpgroups compute S
+    for i in gl.static_range(6):
+        mbarrier.init(k_ready.index(i), count=32 * LOAD_WARPS)
+        mbarrier.init(k_free.index(i), count=1)  # one warpgroup gives each piece back
+    for i in gl.static_range(2):
+        mbarrier.init(p_bar.index(i), count=1)
+    fence_async_shared()
+
+    # warpgroup 1 (P0 read back beside its own P1) is the default partition: the most registers
+    gl.warp_specialize([
+        (_seesaw_peer, (q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_ready,
+                        k_free, p_bar, indices_ptr, topk_length_ptr, sink_ptr, out_ptr,
+                        max_logits_ptr, lse_ptr, scale_log2, s_kv, h_q, topk, n_hb, n_items,
+                        stride_it, stride_tl, stride_sink, stride_ot, stride_oh,
+                        stride_mt, stride_mh, stride_lt, stride_lh, 1, D_HALF, BLOCK_H,
+                        BLOCK_N, HAS_TOPK_LEN, HAS_SINK)),
+        (_seesaw_peer, (q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_ready,
+                        k_free, p_bar, indices_ptr, topk_length_ptr, sink_ptr, out_ptr,
+                        max_logits_ptr, lse_ptr, scale_log2, s_kv, h_q, topk, n_hb, n_items,
+                        stride_it, stride_tl, stride_sink, stride_ot, stride_oh,
+                        stride_mt, stride_mh, stride_lt, stride_lh, 0, D_HALF, BLOCK_H,
+                        BLOCK_N, HAS_TOPK_LEN, HAS_SINK)),
+        (_seesaw_gather, (q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free, q_ptr, kv_ptr,
+                          indices_ptr, topk_length_ptr, s_kv, h_q, topk, n_hb, n_items,
+                          stride_qt, stride_qh, stride_kvs, stride_it, stride_tl, D_HALF,
+                          D_ROPE, BLOCK_H, BLOCK_N, HAS_TOPK_LEN, LOAD_WARPS, EVICT_LAST)),
+    ], [4, LOAD_WARPS], [PEER_REGS, LOAD_REGS])
