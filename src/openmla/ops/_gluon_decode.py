@@ -57,3 +57,82 @@ def swapped_softmax_step(st, m_i, l_i, acc, k0, p_s, a_s, p_free, p_ready, k_fre
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     mbarrier.arrive(k_free, count=1)
     return m_new, l_i, acc, msg + 1
+
+
+@gluon.jit
+def p_in_rope_slot(kr_s, stage, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr):
+    """P [BLOCK_H, BLOCK_N] of the key tile in ring ``stage`` of the seesaw kernels: the bytes
+    of its RoPE key buffer, dead once the tile's S is done."""
+    p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], kr_s.dtype)
+    return kr_s.index(stage)._reinterpret(kr_s.dtype, [BLOCK_H, BLOCK_N], p_sl)
+
+
+@gluon.jit
+def ml_load(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, layout: gl.constexpr):
+    """Row vector k of [m0, l0, m1, l1] that the seesaw kernels' warpgroups exchange, for pair
+    parity ``ph`` (one buffer per parity)."""
+    if ph == 0:
+        v = ml_s.slice(k * BLOCK_H, BLOCK_H).load(layout)
+    else:
+        v = ml2_s.slice(k * BLOCK_H, BLOCK_H).load(layout)
+    return v
+
+
+@gluon.jit
+def ml_store(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, v):
+    """Store row vector k of [m0, l0, m1, l1] for pair parity ``ph`` (see ``ml_load``)."""
+    if ph == 0:
+        ml_s.slice(k * BLOCK_H, BLOCK_H).store(v)
+    else:
+        ml2_s.slice(k * BLOCK_H, BLOCK_H).store(v)
+
+
+@gluon.jit
+def seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr,
+                    BLOCK_N: gl.constexpr):
+    """Warpgroup 0 of a seesaw pair: the online softmax of the scaled, masked scores ``sc`` of
+    B0 (base 2), then P0 (into B0's RoPE buffer), m0 and l0 published to warpgroup 1
+    (``p_bar`` 0). Returns m0, l0, the rescale factor of O and P0 in bf16."""
+    m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+    p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    m_i = m_new
+    p16 = p.to(kr_s.dtype)
+    p_in_rope_slot(kr_s, z, BLOCK_H, BLOCK_N).store(p16)
+    ml_store(ml_s, ml2_s, ph, 0, BLOCK_H, m_i)
+    ml_store(ml_s, ml2_s, ph, 1, BLOCK_H, l_i)
+    fence_async_shared()
+    mbarrier.arrive(p_bar.index(0), count=1)
+    return m_i, l_i, alpha, p16
+
+
+@gluon.jit
+def seesaw_softmax1(sc, p1_s, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr,
+                    row_layout: gl.constexpr):
+    """Warpgroup 1 of a seesaw pair: once warpgroup 0 has published m0 and l0, the softmax of
+    B1's scores ``sc`` at m1 = max(m0, rowmax), then P1 (into ``p1_s``), m1 and l1 published
+    (``p_bar`` 1). Returns m1, l1, exp2(m0 - m1) and P1 in bf16."""
+    mbarrier.wait(p_bar.index(0), ph)
+    m0 = ml_load(ml_s, ml2_s, ph, 0, BLOCK_H, row_layout)
+    l0s = ml_load(ml_s, ml2_s, ph, 1, BLOCK_H, row_layout)
+    m1 = gl.maximum(m0, gl.max(sc, axis=1))
+    p = gl.exp2(sc - gl.expand_dims(m1, 1))
+    alpha1 = gl.exp2(m0 - m1)
+    l_i = l0s * alpha1 + gl.sum(p, axis=1)
+    p16 = p.to(p1_s.dtype)
+    p1_s.store(p16)
+    ml_store(ml_s, ml2_s, ph, 2, BLOCK_H, m1)
+    ml_store(ml_s, ml2_s, ph, 3, BLOCK_H, l_i)
+    fence_async_shared()
+    mbarrier.arrive(p_bar.index(1), count=1)
+    return m1, l_i, alpha1, p16
+
+
+@gluon.jit
+def seesaw_p0_at_m1(kr_s, z, alpha1, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
+                    s_layout: gl.constexpr):
+    """P0 read back from B0's RoPE buffer and brought to warpgroup 1's max (P0 · exp2(m0 − m1)),
+    in bf16 like P1."""
+    p0 = p_in_rope_slot(kr_s, z, BLOCK_H, BLOCK_N).load(s_layout).to(gl.float32)
+    return (p0 * gl.expand_dims(alpha1, 1)).to(kr_s.dtype)

@@ -40,6 +40,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._gluon_decode import ml_load, seesaw_p0_at_m1, seesaw_softmax0, seesaw_softmax1
 from ..schedule.gluon import schedule_part
 from .gluon_kernel import MAX_SENTINEL, _request_blocks, _store_half
 
@@ -143,31 +144,6 @@ def _seesaw_load(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
 
 
 @gluon.jit
-def _p_slot(kr_s, stage, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr):
-    """P [BLOCK_H, BLOCK_N] of the tile in ``stage``: the bytes of its RoPE key buffer."""
-    p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], kr_s.dtype)
-    return kr_s.index(stage)._reinterpret(kr_s.dtype, [BLOCK_H, BLOCK_N], p_sl)
-
-
-@gluon.jit
-def _ml_load(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, layout: gl.constexpr):
-    """Row vector k of [m0, l0, m1, l1] for pair parity ``ph`` (one buffer per parity)."""
-    if ph == 0:
-        v = ml_s.slice(k * BLOCK_H, BLOCK_H).load(layout)
-    else:
-        v = ml2_s.slice(k * BLOCK_H, BLOCK_H).load(layout)
-    return v
-
-
-@gluon.jit
-def _ml_store(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, v):
-    if ph == 0:
-        ml_s.slice(k * BLOCK_H, BLOCK_H).store(v)
-    else:
-        ml2_s.slice(k * BLOCK_H, BLOCK_H).store(v)
-
-
-@gluon.jit
 def _zero_tail(buf, key0, seqlen, BLOCK_N: gl.constexpr):
     """Zero the rows of a [BLOCK_N, 256] V half past the sequence end (before a P·V reads it)."""
     if key0 + BLOCK_N > seqlen:
@@ -264,18 +240,9 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
                 valid = valid & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_last, 1))
             sc = gl.where(valid, sc * scale_log2, float("-inf"))
             if WG == 0:
-                m_new = gl.maximum(m_i, gl.max(sc, axis=1))
-                p = gl.exp2(sc - gl.expand_dims(m_new, 1))
-                alpha = gl.exp2(m_i - m_new)
-                l_i = l_i * alpha + gl.sum(p, axis=1)
-                m_i = m_new
-                p16 = p.to(dtype)
                 # publish P0 (in B0's RoPE buffer, read by warpgroup 1), m0 and l0
-                _p_slot(kr_s, z, BLOCK_H, BLOCK_N).store(p16)
-                _ml_store(ml_s, ml2_s, ph, 0, BLOCK_H, m_i)
-                _ml_store(ml_s, ml2_s, ph, 1, BLOCK_H, l_i)
-                fence_async_shared()
-                mbarrier.arrive(p_bar.index(0), count=1)
+                m_i, l_i, alpha, p16 = seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph,
+                                                       p_bar, BLOCK_H, BLOCK_N)
                 l0 = k_s.index(z)
                 _zero_tail(l0, key0_0, seqlen, BLOCK_N)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
@@ -284,8 +251,8 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
                 mbarrier.arrive(k_free.index(PIECE_L), count=1)  # done with L0
                 # P1 · V1[:, :256] at warpgroup 1's running max
                 mbarrier.wait(p_bar.index(1), ph)
-                m1 = _ml_load(ml_s, ml2_s, ph, 2, BLOCK_H, row_s)
-                l_i = _ml_load(ml_s, ml2_s, ph, 3, BLOCK_H, row_s)
+                m1 = ml_load(ml_s, ml2_s, ph, 2, BLOCK_H, row_s)
+                l_i = ml_load(ml_s, ml2_s, ph, 3, BLOCK_H, row_s)
                 l1 = k_s.index(2 + z)
                 _zero_tail(l1, key0_1, seqlen, BLOCK_N)
                 acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
@@ -295,25 +262,13 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
                 mbarrier.arrive(k_free.index(3 + PIECE_L), count=1)  # done with L1
             else:
                 # m1 = max(m0, rowmax S1): warpgroup 0's max and sums of P0 first
-                mbarrier.wait(p_bar.index(0), ph)
-                m0 = _ml_load(ml_s, ml2_s, ph, 0, BLOCK_H, row_s)
-                l0s = _ml_load(ml_s, ml2_s, ph, 1, BLOCK_H, row_s)
-                m1 = gl.maximum(m0, gl.max(sc, axis=1))
-                p = gl.exp2(sc - gl.expand_dims(m1, 1))
-                alpha1 = gl.exp2(m0 - m1)
-                l_i = l0s * alpha1 + gl.sum(p, axis=1)
-                p16 = p.to(dtype)
-                p1_s.store(p16)
-                _ml_store(ml_s, ml2_s, ph, 2, BLOCK_H, m1)
-                _ml_store(ml_s, ml2_s, ph, 3, BLOCK_H, l_i)
-                fence_async_shared()
-                mbarrier.arrive(p_bar.index(1), count=1)
+                m1, l_i, alpha1, p16 = seesaw_softmax1(sc, p1_s, ml_s, ml2_s, ph, p_bar, BLOCK_H,
+                                                       row_s)
                 # O_R at scale m1: P0 · V0[:, 256:] with P0 read back and brought to scale m1
                 # (P0 · exp2(m0 - m1)), so that R0 and E0 go back to the loader first ...
                 acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
                 m_i = m1
-                p0 = _p_slot(kr_s, z, BLOCK_H, BLOCK_N).load(s_layout).to(gl.float32)
-                p0 = (p0 * gl.expand_dims(alpha1, 1)).to(dtype)
+                p0 = seesaw_p0_at_m1(kr_s, z, alpha1, BLOCK_H, BLOCK_N, s_layout)
                 r0 = k_s.index(1 + z)
                 _zero_tail(r0, key0_0, seqlen, BLOCK_N)
                 acc = warpgroup_mma(gl.convert_layout(p0, p_layout), r0, acc, is_async=True)

@@ -70,6 +70,47 @@ def _gather_rows(dst, base_ptr, row_off, row_ok, col0, WIDTH: gl.constexpr,
 
 
 @gluon.jit
+def _item_multiplier(m_i, l_i, hb, offs_h_s, h_q, sink_ptr, stride_sink, BLOCK_H: gl.constexpr,
+                     HAS_SINK: gl.constexpr):
+    """End of an item: whether each row saw a valid key, its base-2 lse, the multiplier of its
+    output (sink factor / row sum; 0 for a row with no valid key), its head and head mask."""
+    has_keys = l_i > 0.0
+    safe_l = gl.where(has_keys, l_i, 1.0)
+    lse2 = m_i + gl.log2(safe_l)
+    mult = 1.0 / safe_l
+    head_s = hb * BLOCK_H + offs_h_s
+    mask_s = head_s < h_q
+    if HAS_SINK:
+        # out · 1 / (1 + e^(σ - lse)); σ = +inf gives 0, σ = -inf gives 1
+        sink = gl.load(sink_ptr + head_s * stride_sink, mask=mask_s, other=float("-inf"))
+        mult = mult / (1.0 + gl.exp2(sink * LOG2E - gl.where(has_keys, lse2, 0.0)))
+    mult = gl.where(has_keys, mult, 0.0)
+    return has_keys, lse2, mult, head_s, mask_s
+
+
+@gluon.jit
+def _store_stats(max_logits_ptr, lse_ptr, tok64, head_s, mask_s, has_keys, m_i, lse2,
+                 stride_mt, stride_mh, stride_lt, stride_lh):
+    """max_logits and lse of an item's rows, natural log (-inf / +inf for rows with no key)."""
+    gl.store(max_logits_ptr + tok64 * stride_mt + head_s * stride_mh,
+             gl.where(has_keys, m_i * LN2, float("-inf")), mask=mask_s)
+    gl.store(lse_ptr + tok64 * stride_lt + head_s * stride_lh,
+             gl.where(has_keys, lse2 * LN2, float("inf")), mask=mask_s)
+
+
+@gluon.jit
+def _store_out(acc, mult, out_ptr, tok, hb, offs_h_o, h_q, offs_d, stride_ot, stride_oh,
+               BLOCK_H: gl.constexpr):
+    """One warpgroup's columns ``offs_d`` of an item's output, ``acc`` times each row's
+    ``mult`` (already in the rows' layout of ``acc``)."""
+    head_o = hb * BLOCK_H + offs_h_o
+    o = acc * gl.expand_dims(mult, 1)
+    ptrs = (out_ptr + tok.to(gl.int64) * stride_ot + gl.expand_dims(head_o * stride_oh, 1)
+            + gl.expand_dims(offs_d, 0))
+    gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(head_o < h_q, 1))
+
+
+@gluon.jit
 def _load_partition(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
                     q_ptr, kv_ptr, indices_ptr, topk_length_ptr,
                     s_kv, h_q, topk, n_hb, n_items,
@@ -211,31 +252,17 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             t += 1
         # an item with no key tile never read its Q
         mbarrier.arrive(q_free, count=1, pred=n_tiles == 0)
-        has_keys = l_i > 0.0
-        safe_l = gl.where(has_keys, l_i, 1.0)
-        lse2 = m_i + gl.log2(safe_l)
-        mult = 1.0 / safe_l
-        head_s = hb * BLOCK_H + offs_h_s
-        mask_s = head_s < h_q
-        if HAS_SINK:
-            # out · 1 / (1 + e^(σ - lse)); σ = +inf gives 0, σ = -inf gives 1
-            sink = gl.load(sink_ptr + head_s * stride_sink, mask=mask_s, other=float("-inf"))
-            mult = mult / (1.0 + gl.exp2(sink * LOG2E - gl.where(has_keys, lse2, 0.0)))
-        mult = gl.where(has_keys, mult, 0.0)
+        has_keys, lse2, mult, head_s, mask_s = _item_multiplier(
+            m_i, l_i, hb, offs_h_s, h_q, sink_ptr, stride_sink, BLOCK_H, HAS_SINK)
         # final message of the item: each row's output multiplier
         mbarrier.wait(p_free, (msg & 1) ^ 1)
         a_s.store(mult)
         mbarrier.arrive(p_ready, count=1)
         msg += 1
-        gl.store(max_logits_ptr + tok64 * stride_mt + head_s * stride_mh,
-                 gl.where(has_keys, m_i * LN2, float("-inf")), mask=mask_s)
-        gl.store(lse_ptr + tok64 * stride_lt + head_s * stride_lh,
-                 gl.where(has_keys, lse2 * LN2, float("inf")), mask=mask_s)
-        head_o = hb * BLOCK_H + offs_h_o
-        o = acc * gl.expand_dims(gl.convert_layout(mult, row_o), 1)
-        ptrs = (out_ptr + tok64 * stride_ot + gl.expand_dims(head_o * stride_oh, 1)
-                + gl.expand_dims(offs_d, 0))
-        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(head_o < h_q, 1))
+        _store_stats(max_logits_ptr, lse_ptr, tok64, head_s, mask_s, has_keys, m_i, lse2,
+                     stride_mt, stride_mh, stride_lt, stride_lh)
+        _store_out(acc, gl.convert_layout(mult, row_o), out_ptr, tok64, hb, offs_h_o, h_q,
+                   offs_d, stride_ot, stride_oh, BLOCK_H)
         rq += 1
         item += gl.num_programs(0)
 
@@ -278,11 +305,8 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
         mult = a_s.load(row_o)
         mbarrier.arrive(p_free, count=1)
         msg += 1
-        head_o = hb * BLOCK_H + offs_h_o
-        o = acc * gl.expand_dims(mult, 1)
-        ptrs = (out_ptr + tok.to(gl.int64) * stride_ot + gl.expand_dims(head_o * stride_oh, 1)
-                + gl.expand_dims(offs_d, 0))
-        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(head_o < h_q, 1))
+        _store_out(acc, mult, out_ptr, tok, hb, offs_h_o, h_q, offs_d, stride_ot, stride_oh,
+                   BLOCK_H)
         item += gl.num_programs(0)
 
 

@@ -23,7 +23,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .gluon_kernel import LN2, LOG2E, MAX_SENTINEL, _gather_rows, _item
+from .._gluon_decode import ml_load, seesaw_p0_at_m1, seesaw_softmax0, seesaw_softmax1
+from .gluon_kernel import (MAX_SENTINEL, _gather_rows, _item, _item_multiplier, _store_out,
+                           _store_stats)
 
 PIECE_L = gl.constexpr(0)
 PIECE_R = gl.constexpr(1)
@@ -115,31 +117,6 @@ def _seesaw_gather(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
 
 
 @gluon.jit
-def _p_slot(kr_s, stage, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr):
-    """P [BLOCK_H, BLOCK_N] of the tile in ``stage``: the bytes of its RoPE key buffer."""
-    p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_H, BLOCK_N], kr_s.dtype)
-    return kr_s.index(stage)._reinterpret(kr_s.dtype, [BLOCK_H, BLOCK_N], p_sl)
-
-
-@gluon.jit
-def _ml_load(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, layout: gl.constexpr):
-    """Row vector k of [m0, l0, m1, l1] for pair parity ``ph`` (one buffer per parity)."""
-    if ph == 0:
-        v = ml_s.slice(k * BLOCK_H, BLOCK_H).load(layout)
-    else:
-        v = ml2_s.slice(k * BLOCK_H, BLOCK_H).load(layout)
-    return v
-
-
-@gluon.jit
-def _ml_store(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, v):
-    if ph == 0:
-        ml_s.slice(k * BLOCK_H, BLOCK_H).store(v)
-    else:
-        ml2_s.slice(k * BLOCK_H, BLOCK_H).store(v)
-
-
-@gluon.jit
 def _wait_piece(ready, ph):
     mbarrier.wait(ready, ph)
     fence_async_shared()  # cp.async (generic proxy) wrote the piece; wgmma reads it (async proxy)
@@ -216,49 +193,30 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
             mbarrier.arrive(q_free, count=1, pred=j == n_pairs - 1)
             sc = gl.where(valid, sc * scale_log2, float("-inf"))
             if WG == 0:
-                m_new = gl.maximum(m_i, gl.max(sc, axis=1))
-                p = gl.exp2(sc - gl.expand_dims(m_new, 1))
-                alpha = gl.exp2(m_i - m_new)
-                l_i = l_i * alpha + gl.sum(p, axis=1)
-                m_i = m_new
-                p16 = p.to(dtype)
-                _p_slot(kr_s, z, BLOCK_H, BLOCK_N).store(p16)
-                _ml_store(ml_s, ml2_s, ph, 0, BLOCK_H, m_i)
-                _ml_store(ml_s, ml2_s, ph, 1, BLOCK_H, l_i)
-                fence_async_shared()
-                mbarrier.arrive(p_bar.index(0), count=1)
+                # publish P0 (in B0's RoPE buffer, read by warpgroup 1), m0 and l0
+                m_i, l_i, alpha, p16 = seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph,
+                                                       p_bar, BLOCK_H, BLOCK_N)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
                 acc = warpgroup_mma(gl.convert_layout(p16, p_layout), k_s.index(z), acc,
                                     is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(k_free.index(PIECE_L), count=1)  # done with L0
                 mbarrier.wait(p_bar.index(1), ph)
-                m1 = _ml_load(ml_s, ml2_s, ph, 2, BLOCK_H, row_s)
-                l_i = _ml_load(ml_s, ml2_s, ph, 3, BLOCK_H, row_s)
+                m1 = ml_load(ml_s, ml2_s, ph, 2, BLOCK_H, row_s)
+                l_i = ml_load(ml_s, ml2_s, ph, 3, BLOCK_H, row_s)
                 acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
                 m_i = m1
                 acc = warpgroup_mma(p1_s, k_s.index(2 + z), acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(k_free.index(3 + PIECE_L), count=1)  # done with L1
             else:
-                mbarrier.wait(p_bar.index(0), ph)
-                m0 = _ml_load(ml_s, ml2_s, ph, 0, BLOCK_H, row_s)
-                l0s = _ml_load(ml_s, ml2_s, ph, 1, BLOCK_H, row_s)
-                m1 = gl.maximum(m0, gl.max(sc, axis=1))
-                p = gl.exp2(sc - gl.expand_dims(m1, 1))
-                alpha1 = gl.exp2(m0 - m1)
-                l_i = l0s * alpha1 + gl.sum(p, axis=1)
-                p16 = p.to(dtype)
-                p1_s.store(p16)
-                _ml_store(ml_s, ml2_s, ph, 2, BLOCK_H, m1)
-                _ml_store(ml_s, ml2_s, ph, 3, BLOCK_H, l_i)
-                fence_async_shared()
-                mbarrier.arrive(p_bar.index(1), count=1)
+                # m1 = max(m0, rowmax S1): warpgroup 0's max and sums of P0 first
+                m1, l_i, alpha1, p16 = seesaw_softmax1(sc, p1_s, ml_s, ml2_s, ph, p_bar, BLOCK_H,
+                                                       row_s)
                 acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
                 m_i = m1
                 # P0 · V0[:, 256:] with P0 brought to m1, so that R0 and E0 go back first
-                p0 = _p_slot(kr_s, z, BLOCK_H, BLOCK_N).load(s_layout).to(gl.float32)
-                p0 = (p0 * gl.expand_dims(alpha1, 1)).to(dtype)
+                p0 = seesaw_p0_at_m1(kr_s, z, alpha1, BLOCK_H, BLOCK_N, s_layout)
                 acc = warpgroup_mma(gl.convert_layout(p0, p_layout), k_s.index(1 + z), acc,
                                     is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -272,27 +230,13 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
             j += 1
         # an item with no key tile never read its Q
         mbarrier.arrive(q_free, count=1, pred=n_pairs == 0)
-        has_keys = l_i > 0.0
-        safe_l = gl.where(has_keys, l_i, 1.0)
-        lse2 = m_i + gl.log2(safe_l)
-        mult = 1.0 / safe_l
-        head_s = hb * BLOCK_H + offs_h_s
-        mask_s = head_s < h_q
-        if HAS_SINK:
-            # out · 1 / (1 + e^(σ - lse)); σ = +inf gives 0, σ = -inf gives 1
-            sink = gl.load(sink_ptr + head_s * stride_sink, mask=mask_s, other=float("-inf"))
-            mult = mult / (1.0 + gl.exp2(sink * LOG2E - gl.where(has_keys, lse2, 0.0)))
-        mult = gl.where(has_keys, mult, 0.0)
+        has_keys, lse2, mult, head_s, mask_s = _item_multiplier(
+            m_i, l_i, hb, offs_h_s, h_q, sink_ptr, stride_sink, BLOCK_H, HAS_SINK)
         if WG == 0:
-            gl.store(max_logits_ptr + tok64 * stride_mt + head_s * stride_mh,
-                     gl.where(has_keys, m_i * LN2, float("-inf")), mask=mask_s)
-            gl.store(lse_ptr + tok64 * stride_lt + head_s * stride_lh,
-                     gl.where(has_keys, lse2 * LN2, float("inf")), mask=mask_s)
-        head_o = hb * BLOCK_H + offs_h_o
-        o = acc * gl.expand_dims(gl.convert_layout(mult, row_o), 1)
-        ptrs = (out_ptr + tok64 * stride_ot + gl.expand_dims(head_o * stride_oh, 1)
-                + gl.expand_dims(offs_d, 0))
-        gl.store(ptrs, o.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(head_o < h_q, 1))
+            _store_stats(max_logits_ptr, lse_ptr, tok64, head_s, mask_s, has_keys, m_i, lse2,
+                         stride_mt, stride_mh, stride_lt, stride_lh)
+        _store_out(acc, gl.convert_layout(mult, row_o), out_ptr, tok64, hb, offs_h_o, h_q,
+                   offs_d, stride_ot, stride_oh, BLOCK_H)
         rq += 1
         item += gl.num_programs(0)
 
