@@ -70,6 +70,26 @@ def _gather_rows(dst, base_ptr, row_off, row_ok, col0, WIDTH: gl.constexpr,
 
 
 @gluon.jit
+def _gather_q(q_s, qr_s, q_ptr, tok64, hb, h_q, stride_qt, stride_qh, offs_qh_h, offs_qh_r,
+              q_ready, q_free, rq, D_HALF: gl.constexpr, D_ROPE: gl.constexpr,
+              BLOCK_H: gl.constexpr, half_l: gl.constexpr, rope_l: gl.constexpr):
+    """An item's query rows into ``q_s`` / ``qr_s`` once both warpgroups are done with the
+    previous item's (heads past h_q read as zeros); ``q_ready`` is arrived as they land."""
+    mbarrier.wait(q_free, (rq & 1) ^ 1)
+    q_base = q_ptr + tok64 * stride_qt
+    head_h = hb * BLOCK_H + offs_qh_h
+    _gather_rows(q_s.index(0), q_base, head_h * stride_qh, head_h < h_q, 0, D_HALF, half_l,
+                 False)
+    _gather_rows(q_s.index(1), q_base, head_h * stride_qh, head_h < h_q, D_HALF, D_HALF,
+                 half_l, False)
+    if D_ROPE > 0:
+        head_r = hb * BLOCK_H + offs_qh_r
+        _gather_rows(qr_s, q_base, head_r * stride_qh, head_r < h_q, 2 * D_HALF, D_ROPE,
+                     rope_l, False)
+    async_copy.mbarrier_arrive(q_ready, increment_count=False)
+
+
+@gluon.jit
 def _item_multiplier(m_i, l_i, hb, offs_h_s, h_q, sink_ptr, stride_sink, BLOCK_H: gl.constexpr,
                      HAS_SINK: gl.constexpr):
     """End of an item: whether each row saw a valid key, its base-2 lse, the multiplier of its
@@ -135,19 +155,9 @@ def _load_partition(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
         tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
                                           HAS_TOPK_LEN, BLOCK_N)
         tok64 = tok.to(gl.int64)
-        # --- the item's query rows (heads past h_q read as zeros)
-        mbarrier.wait(q_free, (rq & 1) ^ 1)
-        q_base = q_ptr + tok64 * stride_qt
-        head_h = hb * BLOCK_H + offs_qh_h
-        _gather_rows(q_s.index(0), q_base, head_h * stride_qh, head_h < h_q, 0, D_HALF, half_l,
-                     False)
-        _gather_rows(q_s.index(1), q_base, head_h * stride_qh, head_h < h_q, D_HALF, D_HALF,
-                     half_l, False)
-        if D_ROPE > 0:
-            head_r = hb * BLOCK_H + offs_qh_r
-            _gather_rows(qr_s, q_base, head_r * stride_qh, head_r < h_q, 2 * D_HALF, D_ROPE,
-                         rope_l, False)
-        async_copy.mbarrier_arrive(q_ready, increment_count=False)
+        # --- the item's query rows
+        _gather_q(q_s, qr_s, q_ptr, tok64, hb, h_q, stride_qt, stride_qh, offs_qh_h, offs_qh_r,
+                  q_ready, q_free, rq, D_HALF, D_ROPE, BLOCK_H, half_l, rope_l)
         # --- the key tiles
         idx_row = indices_ptr + tok64 * stride_it
         t = 0

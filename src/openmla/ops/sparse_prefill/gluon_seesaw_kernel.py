@@ -24,8 +24,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from .._gluon_decode import ml_load, seesaw_p0_at_m1, seesaw_softmax0, seesaw_softmax1
-from .gluon_kernel import (MAX_SENTINEL, _gather_rows, _item, _item_multiplier, _store_out,
-                           _store_stats)
+from .gluon_kernel import (MAX_SENTINEL, _gather_q, _gather_rows, _item, _item_multiplier,
+                           _store_out, _store_stats)
 
 PIECE_L = gl.constexpr(0)
 PIECE_R = gl.constexpr(1)
@@ -68,17 +68,8 @@ def _seesaw_gather(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
         tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
                                           HAS_TOPK_LEN, BLOCK_N)
         tok64 = tok.to(gl.int64)
-        mbarrier.wait(q_free, (rq & 1) ^ 1)
-        q_base = q_ptr + tok64 * stride_qt
-        head_h = hb * BLOCK_H + offs_qh_h
-        _gather_rows(q_s.index(0), q_base, head_h * stride_qh, head_h < h_q, 0, D_HALF, half_l,
-                     False)
-        _gather_rows(q_s.index(1), q_base, head_h * stride_qh, head_h < h_q, D_HALF, D_HALF,
-                     half_l, False)
-        head_r = hb * BLOCK_H + offs_qh_r
-        _gather_rows(qr_s, q_base, head_r * stride_qh, head_r < h_q, 2 * D_HALF, D_ROPE, rope_l,
-                     False)
-        async_copy.mbarrier_arrive(q_ready, increment_count=False)
+        _gather_q(q_s, qr_s, q_ptr, tok64, hb, h_q, stride_qt, stride_qh, offs_qh_h, offs_qh_r,
+                  q_ready, q_free, rq, D_HALF, D_ROPE, BLOCK_H, half_l, rope_l)
         idx_row = indices_ptr + tok64 * stride_it
         n_pairs = (n_tiles + 1) // 2
         j = 0
