@@ -7,7 +7,6 @@ matmul and copy ceilings of the same run.
     PYTHONPATH=src python benchmarks/dense_seesaw_ab.py [--check-only|--time-only]
 """
 import os
-import subprocess
 import sys
 
 CHECK = r"""
@@ -46,15 +45,10 @@ print("ALL OK")
 
 
 def check(flag: str) -> bool:
-    env = dict(os.environ)
-    try:
-        r = subprocess.run([sys.executable, "-c", CHECK, flag], env=env, timeout=240,
-                           capture_output=True, text=True)
-    except subprocess.TimeoutExpired as e:
-        print(f"seesaw={flag}: TIMEOUT (hang?)\n{(e.stdout or b'')[-3000:]}", flush=True)
-        return False
-    print(f"seesaw={flag}: rc {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}", flush=True)
-    return r.returncode == 0
+    from openmla.testing.bench import check_in_subprocess
+
+    print(f"seesaw={flag}:", flush=True)
+    return check_in_subprocess(CHECK, [flag], timeout=240)
 
 
 ENV_KEYS = ("OPENMLA_DENSE_SEESAW",)

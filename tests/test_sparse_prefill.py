@@ -293,35 +293,42 @@ def test_gluon_library_op_fake():
 
 # Compiled for sm_90 in a fresh interpreter without TRITON_INTERPRET; prints ptxas's register
 # and spill report, the shared memory and the wgmma count.
-GLUON_COMPILE = r"""
-import re, sys
+_SM90_COMPILE = r"""
+import json, re, sys
 import triton
 from openmla.testing.sm90 import ptxas_report
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from openmla.ops.sparse_prefill import gluon_launch as L
+
+PTRS = {"q_ptr": "*bf16", "kv_ptr": "*bf16", "indices_ptr": "*i32", "topk_length_ptr": "*i32",
+        "sink_ptr": "*fp32", "out_ptr": "*bf16", "max_logits_ptr": "*fp32", "lse_ptr": "*fp32"}
+ALIGNED = ("stride_qt", "stride_qh", "stride_kvs", "stride_it", "stride_ot", "stride_oh")
+
+
+def compile_sm90(fn, ce):
+    sig, attrs = {}, {}
+    for i, n in enumerate(fn.arg_names):
+        if n in ce:
+            sig[n] = "constexpr"
+        elif n in PTRS:
+            sig[n] = PTRS[n]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[n] = "fp32" if n == "scale_log2" else "i32"
+            if n in ALIGNED:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+"""
+GLUON_COMPILE = _SM90_COMPILE + r"""
 from openmla.ops.sparse_prefill.gluon_kernel import _sparse_prefill_gluon_kernel as fn
 
 d_qk = int(sys.argv[1])
-ptrs = {"q_ptr": "*bf16", "kv_ptr": "*bf16", "indices_ptr": "*i32", "topk_length_ptr": "*i32",
-        "sink_ptr": "*fp32", "out_ptr": "*bf16", "max_logits_ptr": "*fp32", "lse_ptr": "*fp32"}
-aligned = ("stride_qt", "stride_qh", "stride_kvs", "stride_it", "stride_ot", "stride_oh")
 ce = dict(D_HALF=256, D_ROPE=d_qk - 512, BLOCK_H=L.BLOCK_H, BLOCK_N=L.BLOCK_N, STAGES=L.STAGES,
           HAS_TOPK_LEN=True, HAS_SINK=True, PV_REGS=L.PV_REGS, LOAD_REGS=L.LOAD_REGS,
           LOAD_WARPS=L.LOAD_WARPS, EVICT_LAST=False)
-sig, attrs = {}, {}
-for i, n in enumerate(fn.arg_names):
-    if n in ce:
-        sig[n] = "constexpr"
-    elif n in ptrs:
-        sig[n] = ptrs[n]
-        attrs[(i,)] = [["tt.divisibility", 16]]
-    else:
-        sig[n] = "fp32" if n == "scale_log2" else "i32"
-        if n in aligned:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+k = compile_sm90(fn, ce)
 ptx = k.asm["ptx"]
 rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
@@ -433,33 +440,13 @@ def test_gluon_bitwise_deterministic_gpu(gluon_backend):
         assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
 
 
-SEESAW_COMPILE = r"""
-import json, re
-import triton
-from openmla.testing.sm90 import ptxas_report
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon._runtime import GluonASTSource
-from openmla.ops.sparse_prefill import gluon_launch as L
+SEESAW_COMPILE = _SM90_COMPILE + r"""
 from openmla.ops.sparse_prefill.gluon_seesaw_kernel import _sparse_prefill_seesaw_kernel as fn
-ptrs = {"q_ptr": "*bf16", "kv_ptr": "*bf16", "indices_ptr": "*i32", "topk_length_ptr": "*i32",
-        "sink_ptr": "*fp32", "out_ptr": "*bf16", "max_logits_ptr": "*fp32", "lse_ptr": "*fp32"}
-aligned = ("stride_qt", "stride_qh", "stride_kvs", "stride_it", "stride_ot", "stride_oh")
+
 ce = dict(D_HALF=256, D_ROPE=64, BLOCK_H=L.BLOCK_H, BLOCK_N=L.BLOCK_N, HAS_TOPK_LEN=True,
           HAS_SINK=True, PEER_REGS=L.SEESAW_PEER_REGS, LOAD_REGS=L.SEESAW_LOAD_REGS,
           LOAD_WARPS=L.LOAD_WARPS, EVICT_LAST=False)
-sig, attrs = {}, {}
-for i, n in enumerate(fn.arg_names):
-    if n in ce:
-        sig[n] = "constexpr"
-    elif n in ptrs:
-        sig[n] = ptrs[n]
-        attrs[(i,)] = [["tt.divisibility", 16]]
-    else:
-        sig[n] = "fp32" if n == "scale_log2" else "i32"
-        if n in aligned:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-k = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs),
-                   target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+k = compile_sm90(fn, ce)
 ptx = k.asm["ptx"]
 print(json.dumps({"shapes": sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
                   "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)), "smem": k.metadata.shared,

@@ -112,6 +112,21 @@ def _store_half(acc, l_i, m_i, r, tok, head, mask_r, offs_d, line_pos, n_sched, 
 
 
 @gluon.jit
+def _zero_tail(k_s, first, COUNT: gl.constexpr, key0, seqlen, BLOCK_N: gl.constexpr):
+    """Zero the rows past the sequence end of the ``COUNT`` [BLOCK_N, 256] V halves of ``k_s``
+    from index ``first`` (a key tile from key ``key0``), before any P·V reads them: unused cache
+    rows may hold NaN, and 0 · NaN would reach the output."""
+    if key0 + BLOCK_N > seqlen:
+        zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
+        zrow = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, zero_layout))
+        keep = gl.expand_dims(key0 + zrow < seqlen, 1)
+        for half in gl.static_range(COUNT):
+            buf = k_s.index(first + half)
+            buf.store(gl.where(keep, buf.load(zero_layout), 0.0))
+        fence_async_shared()
+
+
+@gluon.jit
 def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
                     q_ready, q_free, k_ready, k_free,
                     block_table_ptr, seqlens_ptr, meta_ptr, s_q, h_q, stride_bt,
@@ -299,7 +314,6 @@ def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, 
     row_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     d_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     row_o: gl.constexpr = gl.SliceLayout(0, o_layout)
-    zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
 
     pid_row = gl.program_id(0)
     pid_part = gl.program_id(2)
@@ -334,14 +348,7 @@ def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, 
             if CAUSAL:
                 valid = valid & (keys <= gl.expand_dims(row_last, 0))
             st = gl.where(valid, st * scale_log2, float("-inf"))
-            if key0 + BLOCK_N > seqlen:
-                # zero the V rows past the sequence end (both halves) before any P·V reads them
-                zrow = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, zero_layout))
-                keep = gl.expand_dims(key0 + zrow < seqlen, 1)
-                for half in gl.static_range(2):
-                    buf = k_s.index(2 * s + half)
-                    buf.store(gl.where(keep, buf.load(zero_layout), 0.0))
-                fence_async_shared()
+            _zero_tail(k_s, 2 * s, 2, key0, seqlen, BLOCK_N)  # both V halves of the tile
             # online softmax; Pᵀ and the rescale factors to the other warpgroup; own half of O
             m_i, l_i, acc, msg = swapped_softmax_step(st, m_i, l_i, acc, k0, p_s, a_s, p_free,
                                                       p_ready, k_free.index(s), msg, row_o)

@@ -42,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .._gluon_decode import ml_load, seesaw_p0_at_m1, seesaw_softmax0, seesaw_softmax1
 from ..schedule.gluon import schedule_part
-from .gluon_kernel import MAX_SENTINEL, _request_blocks, _store_half
+from .gluon_kernel import MAX_SENTINEL, _request_blocks, _store_half, _zero_tail
 
 # pieces of a key tile: ring index stage * 3 + piece
 PIECE_L = gl.constexpr(0)  # K[:, :256], V's left half
@@ -144,17 +144,6 @@ def _seesaw_load(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
 
 
 @gluon.jit
-def _zero_tail(buf, key0, seqlen, BLOCK_N: gl.constexpr):
-    """Zero the rows of a [BLOCK_N, 256] V half past the sequence end (before a P·V reads it)."""
-    if key0 + BLOCK_N > seqlen:
-        zero_layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
-        zrow = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, zero_layout))
-        keep = gl.expand_dims(key0 + zrow < seqlen, 1)
-        buf.store(gl.where(keep, buf.load(zero_layout), 0.0))
-        fence_async_shared()
-
-
-@gluon.jit
 def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_ready, k_free, p_bar,
                  seqlens_ptr, meta_ptr, num_splits_ptr, out_ptr, lse_ptr, o_acc_ptr,
                  lse_acc_ptr, scale_log2, s_q, h_q,
@@ -244,7 +233,7 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
                 m_i, l_i, alpha, p16 = seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph,
                                                        p_bar, BLOCK_H, BLOCK_N)
                 l0 = k_s.index(z)
-                _zero_tail(l0, key0_0, seqlen, BLOCK_N)
+                _zero_tail(k_s, z, 1, key0_0, seqlen, BLOCK_N)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
                 acc = warpgroup_mma(gl.convert_layout(p16, p_layout), l0, acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
@@ -254,7 +243,7 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
                 m1 = ml_load(ml_s, ml2_s, ph, 2, BLOCK_H, row_s)
                 l_i = ml_load(ml_s, ml2_s, ph, 3, BLOCK_H, row_s)
                 l1 = k_s.index(2 + z)
-                _zero_tail(l1, key0_1, seqlen, BLOCK_N)
+                _zero_tail(k_s, 2 + z, 1, key0_1, seqlen, BLOCK_N)
                 acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
                 m_i = m1
                 acc = warpgroup_mma(p1_s, l1, acc, is_async=True)
@@ -270,14 +259,14 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
                 m_i = m1
                 p0 = seesaw_p0_at_m1(kr_s, z, alpha1, BLOCK_H, BLOCK_N, s_layout)
                 r0 = k_s.index(1 + z)
-                _zero_tail(r0, key0_0, seqlen, BLOCK_N)
+                _zero_tail(k_s, 1 + z, 1, key0_0, seqlen, BLOCK_N)
                 acc = warpgroup_mma(gl.convert_layout(p0, p_layout), r0, acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(k_free.index(PIECE_R), count=1)  # done with R0 and E0 (P0)
                 mbarrier.arrive(k_free.index(PIECE_E), count=1)
                 # ... then P1 · V1[:, 256:] (P1 from registers)
                 r1 = k_s.index(3 + z)
-                _zero_tail(r1, key0_1, seqlen, BLOCK_N)
+                _zero_tail(k_s, 3 + z, 1, key0_1, seqlen, BLOCK_N)
                 acc = warpgroup_mma(gl.convert_layout(p16, p_layout), r1, acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(k_free.index(3 + PIECE_R), count=1)  # done with R1

@@ -39,6 +39,8 @@ def use_seesaw(d_qk: int, n_hb: int) -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     return n_hb == 1
+
+
 ALIGN = 16  # cp.async copies 16-byte pieces: bases and row strides must be 16-byte aligned
 
 
@@ -86,40 +88,28 @@ def sparse_prefill_gluon_kernel(q, kv, indices, attn_sink, topk_length, sm_scale
     elif grid_ctas < 0:
         grid_ctas = n_items
     grid = (max(min(grid_ctas, n_items), 1),)
+    sink = attn_sink if attn_sink is not None else lse  # placeholder pointers, never read
+    lengths = topk_length if topk_length is not None else indices
+    args = (q, kv, indices, lengths, sink, out, max_logits, lse, sm_scale * LOG2E,
+            s_kv, h_q, topk, n_hb, n_items,
+            q.stride(0), q.stride(1), kv.stride(0), indices.stride(0),
+            lengths.stride(0), sink.stride(0), out.stride(0), out.stride(1),
+            max_logits.stride(0), max_logits.stride(1), lse.stride(0), lse.stride(1))
+    common = dict(D_HALF=D_V // 2, D_ROPE=d_qk - D_V, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N,
+                  HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
+                  EVICT_LAST=bool(evict_last), num_warps=4)
+    if use_seesaw(d_qk, n_hb):  # two key stages and 4 gather warps, whatever was asked
+        from .gluon_seesaw_kernel import _sparse_prefill_seesaw_kernel
+
+        _sparse_prefill_seesaw_kernel[grid](*args, PEER_REGS=SEESAW_PEER_REGS,
+                                            LOAD_REGS=SEESAW_LOAD_REGS, LOAD_WARPS=LOAD_WARPS,
+                                            **common)
+        return out, max_logits, lse
     if load_warps == 4:
         pv_regs, load_regs = PV_REGS, LOAD_REGS
     else:  # variants for a sweep: 128 x (256 + pv) + 32 x load_warps x load <= 64K
         pv_regs = PV_REGS
         load_regs = min((65536 - 128 * (256 + pv_regs)) // (32 * load_warps) // 8 * 8, 256)
-    sink = attn_sink if attn_sink is not None else lse  # placeholder pointers, never read
-    lengths = topk_length if topk_length is not None else indices
-    if use_seesaw(d_qk, n_hb):
-        from .gluon_seesaw_kernel import _sparse_prefill_seesaw_kernel
-
-        _sparse_prefill_seesaw_kernel[grid](
-            q, kv, indices, lengths, sink, out, max_logits, lse, sm_scale * LOG2E,
-            s_kv, h_q, topk, n_hb, n_items,
-            q.stride(0), q.stride(1), kv.stride(0), indices.stride(0),
-            lengths.stride(0), sink.stride(0), out.stride(0), out.stride(1),
-            max_logits.stride(0), max_logits.stride(1), lse.stride(0), lse.stride(1),
-            D_HALF=D_V // 2, D_ROPE=d_qk - D_V, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N,
-            HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
-            PEER_REGS=SEESAW_PEER_REGS, LOAD_REGS=SEESAW_LOAD_REGS, LOAD_WARPS=LOAD_WARPS,
-            EVICT_LAST=bool(evict_last), num_warps=4)
-        return out, max_logits, lse
-    _sparse_prefill_gluon_kernel[grid](
-        q, kv, indices, lengths, sink,
-        out, max_logits, lse,
-        sm_scale * LOG2E,
-        s_kv, h_q, topk, n_hb, n_items,
-        q.stride(0), q.stride(1),
-        kv.stride(0),
-        indices.stride(0),
-        lengths.stride(0), sink.stride(0),
-        out.stride(0), out.stride(1),
-        max_logits.stride(0), max_logits.stride(1), lse.stride(0), lse.stride(1),
-        D_HALF=D_V // 2, D_ROPE=d_qk - D_V, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, STAGES=stages,
-        HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
-        PV_REGS=pv_regs, LOAD_REGS=load_regs, LOAD_WARPS=load_warps,
-        EVICT_LAST=bool(evict_last), num_warps=4)
+    _sparse_prefill_gluon_kernel[grid](*args, STAGES=stages, PV_REGS=pv_regs,
+                                       LOAD_REGS=load_regs, LOAD_WARPS=load_warps, **common)
     return out, max_logits, lse
