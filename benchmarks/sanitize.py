@@ -35,8 +35,9 @@ def _dense(backend, b, s_q, h_q, s_k, pbs, causal, h_kv=1):
     return compare(out, r_out.to(out.dtype), tol["out"]) or compare(lse, r_lse, tol["lse"])
 
 
-def _sparse_decode(backend, b, s_q, h_q, s_k, topk, d_qk, pbs, extra):
+def _sparse_decode(backend, b, s_q, h_q, s_k, topk, d_qk, pbs, extra, ring="1"):
     os.environ["OPENMLA_BACKEND_SPARSE_DECODE"] = backend
+    os.environ["OPENMLA_SPARSE_RING"] = ring  # h_q <= 16: the cp.async ring kernel or not
     case = gen.sparse_decode_inputs(b, s_q, h_q, s_k, topk, d_qk=d_qk, page_block_size=pbs,
                                     with_topk_length=True, extra_topk=64 if extra else None,
                                     extra_s_k=300 if extra else None, device=DEV, seed=topk)
@@ -104,9 +105,13 @@ CASES = {
                                                          True)),
         ("gluon V3.2", lambda: _sparse_decode("gluon", 2, 2, 64, 300, 128, 576, 64, False)),
         ("gluon V3.2 16 heads (swapped)", lambda: _sparse_decode("gluon", 3, 1, 16, 300, 100,
-                                                                 576, 61, False)),
+                                                                 576, 61, False, ring="0")),
         ("gluon V3.2 2x8 heads (swapped)", lambda: _sparse_decode("gluon", 4, 2, 8, 500, 200,
-                                                                  576, 64, False)),
+                                                                  576, 64, False, ring="0")),
+        ("gluon V3.2 16 heads (ring)", lambda: _sparse_decode("gluon", 3, 1, 16, 300, 100, 576,
+                                                              61, False)),
+        ("gluon V3.2 2x8 heads (ring)", lambda: _sparse_decode("gluon", 4, 2, 8, 500, 200, 576,
+                                                               64, False)),
     ],
     "sparse_prefill": [
         ("triton d576", lambda: _sparse_prefill("triton", 5, 300, 64, 128, 576)),

@@ -369,12 +369,14 @@ _COMPILE_PROGRAM = r"""
 import re, sys
 from openmla.ops.sparse_decode.gluon_launch import compile_sm90
 from openmla.testing.sm90 import ptxas_report
-k = compile_sm90(block_h=int(sys.argv[1]))
+k = compile_sm90(block_h=int(sys.argv[1]), ring=sys.argv[2] == "ring")
 ptx = k.asm["ptx"]
 rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
 print("spill", rep.spill_stores)
 print("smem", k.metadata.shared)
+print("cp_async_16", len(re.findall(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx)))
+print("cp_async_arrive", ptx.count("cp.async.mbarrier.arrive.noinc"))
 """
 
 # ptxas spills a few loop scalars (no tensor data) of the warp-specialized partitions; a bound,
@@ -383,10 +385,10 @@ MAX_SCALAR_SPILL_BYTES = 128
 MAX_SMEM_BYTES = 232448  # Hopper: 227 KiB of dynamic shared memory per block
 
 
-def _compile_report(block_h=64):
+def _compile_report(block_h=64, kernel="split"):
     """wgmma count, ptxas spill bytes and shared memory of the split kernel for sm_90, compiled
     in a fresh interpreter (no GPU, no interpreter mode); ``block_h`` 16: the swapped-product
-    kernel."""
+    kernel, or with ``kernel="ring"`` the cp.async ring kernel."""
     import os
     import subprocess
     import sys
@@ -399,7 +401,7 @@ def _compile_report(block_h=64):
         pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     env.pop("TRITON_INTERPRET", None)  # compiled in a fresh interpreter, outside the interpreter
-    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM, str(block_h)],
+    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM, str(block_h), kernel],
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     return dict(line.split() for line in res.stdout.splitlines() if line.strip())
@@ -412,6 +414,19 @@ def test_gluon_kernel_compiles_for_sm90(block_h):
     absent), within Hopper's shared memory, at most a few bytes of scalar spills."""
     got = _compile_report(block_h)
     assert int(got["wgmma"]) == (44 if block_h == 64 else 36 + 2 * 16), got
+    assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
+    assert int(got["smem"]) <= MAX_SMEM_BYTES, got
+
+
+def test_ring_kernel_compiles_for_sm90():
+    """The ring kernel (h_q <= 16) compiles for sm_90: the swapped product's wgmmas, the NoPE and
+    RoPE rows by 16-byte cp.async (8 pieces a thread a half tile, 2 a half tile's RoPE), the
+    copies' completion through the slot barrier, within shared memory, no more than a few bytes
+    of scalar spills."""
+    got = _compile_report(16, "ring")
+    assert int(got["wgmma"]) == 36 + 2 * 16, got
+    assert int(got["cp_async_16"]) == 8 + 2 * 2, got
+    assert int(got["cp_async_arrive"]) == 1, got
     assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
     assert int(got["smem"]) <= MAX_SMEM_BYTES, got
 
@@ -476,6 +491,34 @@ def test_gluon_64_row_kernel_at_16_heads_gpu(shape, gluon_backend, poisoned_outp
     b, s_k, topk, pbs, tl = shape
     _assert_public_call_matches_reference(_gluon_case((b, 2, 16, s_k, topk, pbs, tl, False),
                                                       seed=3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4, 1, 16, 512, 64, 2, False, False),
+                                   (5, 2, 8, 1024, 576, 61, True, False),
+                                   (3, 3, 4, 2046, 2048, 64, False, False),
+                                   (6, 1, 12, 300, 100, 64, True, False),
+                                   (2, 1, 16, 300, 130, 64, False, True),
+                                   (74, 2, 16, 4000, 1000, 69, True, False)])
+def test_ring_kernel_equals_swapped_kernel_gpu(shape, gluon_backend, poisoned_outputs,
+                                               monkeypatch):
+    """At h_q <= 16 the ring kernel (the default) and the register-gather swapped kernel
+    (OPENMLA_SPARSE_RING=0) run the same consumers on the same bf16 keys: bitwise equal
+    outputs, and both match the reference."""
+    case = _gluon_case(shape, seed=sum(shape[:6]) + 1)
+    if shape[6]:
+        case["topk_length"][0] = 0
+    runs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("OPENMLA_SPARSE_RING", flag)
+        runs[flag] = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                    tile_scheduler_metadata=_meta())
+    torch.cuda.synchronize()
+    assert torch.equal(runs["1"][0], runs["0"][0]) and torch.equal(runs["1"][1], runs["0"][1])
+    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    tol = TOLERANCES["sparse_decode"]
+    assert_close("out", runs["1"][0], r_out.to(BF16), tol["out"])
+    assert_close("lse", runs["1"][1], r_lse, tol["lse"])
 
 
 @pytest.mark.gpu

@@ -47,6 +47,16 @@ SMALL_H_PRODUCER_REGS = 152
 # current one (``gluon_kernel._prefetch_rows``; H200 graph replay, b=128 topk=2048, without /
 # with / two tiles ahead: h_q=16 148.2 / 136.3 / 143.6 µs, s_q=2 h_q=128 498.6 / 479.6 / 480.6)
 GLUON_PREFETCH = True
+# At most SMALL_H_HEADS heads run the ring kernel (``gluon_ring_kernel.py``): the token rows go to
+# shared memory with cp.async through RING_SLOTS half-tile raw slots, beside two dequantized key
+# stages, and the swapped kernel's consumers; the output is bitwise the swapped kernel's.
+# OPENMLA_SPARSE_RING=0 keeps the register-gather swapped kernel. 16 warps; the converter's
+# and issuer's registers as below (H200 graph replay, b=128 topk=2048, h_q=16: converter 104 /
+# 96 / 88 with the issuer at 64 / 64 / 56: 97.1 / 97.1 / 101.7 µs; the swapped kernel 108.5).
+RING_ENV = "OPENMLA_SPARSE_RING"
+RING_SLOTS = 3
+RING_CONVERTER_REGS = 104
+RING_ISSUER_REGS = 64
 
 def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int,
              extra_k_cache: torch.Tensor | None) -> bool:
@@ -110,6 +120,11 @@ def small_h(h_q: int) -> bool:
     return h_q <= SMALL_H_HEADS and os.environ.get(SMALL_H_ENV, "1") != "0"
 
 
+def ring(h_q: int) -> bool:
+    """Whether a launch with h_q heads runs the cp.async ring kernel."""
+    return small_h(h_q) and os.environ.get(RING_ENV, "1") != "0"
+
+
 def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_scale,
                                 head_dim_v, attn_sink, topk_length, stages,
                                 pv_regs=GLUON_PV_REGS, producer_regs=GLUON_PRODUCER_REGS,
@@ -136,7 +151,15 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     if swap and pv_regs == GLUON_PV_REGS and producer_regs == GLUON_PRODUCER_REGS:
         pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
     grid = (-(-h_q // block_h), s_q, num_parts)
-    launch(_sparse_decode_gluon_kernel, grid, (
+    if ring(h_q):
+        from .gluon_ring_kernel import _sparse_decode_ring_kernel as fn
+        consts = dict(SLOTS=RING_SLOTS, PV_REGS=pv_regs, CONVERTER_REGS=RING_CONVERTER_REGS,
+                      ISSUER_REGS=RING_ISSUER_REGS, WARPS=4)
+    else:
+        fn = _sparse_decode_gluon_kernel
+        consts = dict(STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
+                      PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, SWAP=swap)
+    launch(fn, grid, (
         tma_descriptor(q2, [block_h, half], gl.bfloat16),
         tma_descriptor(q2, [block_h, d_rope], gl.bfloat16),
         kc, indices, topk_length if topk_length is not None else indices,
@@ -151,8 +174,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
         BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
-        STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
-        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, SWAP=swap, num_warps=4))
+        num_warps=4, **consts))
     if combine:
         decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
     return out, lse
@@ -162,7 +184,8 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
 
 def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool = True,
                  stages: int = GLUON_STAGES, pv_regs: int | None = None,
-                 producer_regs: int | None = None, block_h: int = GLUON_BLOCK_H):
+                 producer_regs: int | None = None, block_h: int = GLUON_BLOCK_H,
+                 ring: bool = False):
     """The split kernel compiled for Hopper (sm_90) with 16-divisible pointers and strides, as
     a launch at production shapes specialises it. Must run without TRITON_INTERPRET."""
     import triton
@@ -171,6 +194,7 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from .gluon_kernel import _sparse_decode_gluon_kernel as fn
+    from .gluon_ring_kernel import _sparse_decode_ring_kernel
 
     swap = block_h != GLUON_BLOCK_H
     regs = (SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS) if swap else (GLUON_PV_REGS,
@@ -189,9 +213,14 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
              "scale_log2": "fp32"}
     ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=block_h,
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
-              HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink, STAGES=stages, PV_REGS=pv_regs,
-              PRODUCER_REGS=producer_regs, PRODUCER_WARPS=GLUON_PRODUCER_WARPS,
-              PREFETCH=GLUON_PREFETCH, SWAP=swap)
+              HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink, PV_REGS=pv_regs)
+    if ring:  # the cp.async ring kernel (h_q <= 16)
+        fn = _sparse_decode_ring_kernel
+        ce.update(SLOTS=RING_SLOTS, CONVERTER_REGS=RING_CONVERTER_REGS,
+                  ISSUER_REGS=RING_ISSUER_REGS, WARPS=4)
+    else:
+        ce.update(STAGES=stages, PRODUCER_REGS=producer_regs,
+                  PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, SWAP=swap)
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in ce:
