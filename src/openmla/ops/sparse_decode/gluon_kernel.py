@@ -124,6 +124,39 @@ def _dequant_store(raw, scale, dst):
 
 
 @gluon.jit
+def _load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF: gl.constexpr):
+    """TMA copy of request number ``rq``'s Q rows (two NoPE halves and the RoPE part) once the
+    previous request's Q has been released."""
+    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
+    mbarrier.wait(q_free, (rq & 1) ^ 1)
+    mbarrier.expect(q_ready, q_bytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
+    tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
+    tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
+
+
+@gluon.jit
+def _token_rows(idx, slots, length, num_tokens, stride_kp, PAGE_SIZE: gl.constexpr):
+    """Which index slots are valid (inside the length, 0 <= index < num_tokens) and the byte
+    offset in the cache of the token row each names (0 for the invalid ones)."""
+    valid = (slots < length) & (idx >= 0) & (idx < num_tokens)
+    p_tok = gl.where(valid, idx, 0).to(gl.int64)
+    page = p_tok // PAGE_SIZE
+    return valid, page * stride_kp + (p_tok - page * PAGE_SIZE) * TOKEN_BYTES
+
+
+@gluon.jit
+def _split_scales(sc4, scols, row_l: gl.constexpr):
+    """The four per-128-dim scales of each row (``sc4 [rows, 4]``) as four row vectors in
+    ``row_l``."""
+    sc0 = gl.convert_layout(gl.sum(gl.where(scols == 0, sc4, 0.0), axis=1), row_l)
+    sc1 = gl.convert_layout(gl.sum(gl.where(scols == 1, sc4, 0.0), axis=1), row_l)
+    sc2 = gl.convert_layout(gl.sum(gl.where(scols == 2, sc4, 0.0), axis=1), row_l)
+    sc3 = gl.convert_layout(gl.sum(gl.where(scols == 3, sc4, 0.0), axis=1), row_l)
+    return sc0, sc1, sc2, sc3
+
+
+@gluon.jit
 def _prefetch_rows(k_ptr, idx, valid, stride_kp, PAGE_SIZE: gl.constexpr, WARPS: gl.constexpr):
     """Ask L2 for the token rows ``idx`` names (``valid`` ones; the others prefetch the cache's
     first line): six 128-byte lines cover a 656-byte row whatever its alignment. Nothing comes
@@ -170,7 +203,6 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
     pid_part = gl.program_id(2)
     begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
         meta_ptr, pid_part, META_COLS)
-    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
     offs_n = gl.arange(0, BLOCK_N, layout=row_l)
     cols = gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, nope_l)), 0)
     rcols = gl.expand_dims(gl.arange(0, D_ROPE, layout=gl.SliceLayout(0, rope_l)), 0)
@@ -185,11 +217,7 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                                                      part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
         q_row = (r * s_q + tok) * h_q + pid_h * BLOCK_H
         if PID == 0:
-            mbarrier.wait(q_free, (rq & 1) ^ 1)
-            mbarrier.expect(q_ready, q_bytes)
-            tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
-            tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
-            tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
+            _load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF)
         idx_row = idx_ptr + r.to(gl.int64) * stride_ib + tok * stride_it
         if PRODUCERS > 1:  # first tile of this request that is this partition's
             it_end = it + gl.maximum(t_hi - t_lo, 0)
@@ -206,12 +234,9 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
         while t < t_hi:
             s = it % STAGES
             slots = t * BLOCK_N + offs_n
-            in_len = slots < length
             idx = idx_next
-            valid = in_len & (idx >= 0) & (idx < num_tokens)
-            p_tok = gl.where(valid, idx, 0).to(gl.int64)
-            page = p_tok // PAGE_SIZE
-            tok_ptr = k_ptr + page * stride_kp + (p_tok - page * PAGE_SIZE) * TOKEN_BYTES
+            valid, row = _token_rows(idx, slots, length, num_tokens, stride_kp, PAGE_SIZE)
+            tok_ptr = k_ptr + row
             row_ptr = gl.expand_dims(tok_ptr, 1) + cols  # [BLOCK_N, GROUP] bytes of group 0
             vmask = gl.expand_dims(valid, 1)
             # every gather of the tile first (all in flight together) ...
@@ -224,10 +249,7 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                 gl.pointer_type(gl.float32))
             sc4 = gl.load(gl.expand_dims(sc_ptr, 1) + scols,
                           mask=gl.expand_dims(gl.convert_layout(valid, srow_l), 1), other=0.0)
-            sc0 = gl.convert_layout(gl.sum(gl.where(scols == 0, sc4, 0.0), axis=1), row_l)
-            sc1 = gl.convert_layout(gl.sum(gl.where(scols == 1, sc4, 0.0), axis=1), row_l)
-            sc2 = gl.convert_layout(gl.sum(gl.where(scols == 2, sc4, 0.0), axis=1), row_l)
-            sc3 = gl.convert_layout(gl.sum(gl.where(scols == 3, sc4, 0.0), axis=1), row_l)
+            sc0, sc1, sc2, sc3 = _split_scales(sc4, scols, row_l)
             r_ptr = gl.convert_layout(tok_ptr + ROPE_OFFSET, rrow_l).to(
                 gl.pointer_type(gl.bfloat16))
             r_valid = gl.expand_dims(gl.convert_layout(valid, rrow_l), 1)

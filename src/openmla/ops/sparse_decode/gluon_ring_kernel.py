@@ -28,7 +28,7 @@ dequantization with the consumers: measured slower, RESULTS.md, sixth session.)
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
 from ..schedule.gluon import schedule_part
 from .gluon_kernel import (
@@ -37,9 +37,12 @@ from .gluon_kernel import (
     SCALE_OFFSET,
     TOKEN_BYTES,
     _dequant_store,
+    _load_q,
     _pv_partition,
     _request_tiles,
     _softmax_partition_swapped,
+    _split_scales,
+    _token_rows,
 )
 
 HALF_N = gl.constexpr(32)  # token rows of a raw slot
@@ -72,7 +75,6 @@ def _half_issuer(q_desc, qr_desc, q_s, qr_s, raw_s, sc_s, q_ready, q_free,
     pid_part = gl.program_id(2)
     begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
         meta_ptr, pid_part, META_COLS)
-    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
     offs = gl.arange(0, HALF_N, layout=row_l)
     ncols = gl.expand_dims(gl.arange(0, D_NOPE, layout=gl.SliceLayout(0, nope_l)), 0)
     scols = gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l)), 0)
@@ -83,11 +85,7 @@ def _half_issuer(q_desc, qr_desc, q_s, qr_s, raw_s, sc_s, q_ready, q_free,
         length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
                                                      part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
         q_row = (r * s_q + tok) * h_q + pid_h * BLOCK_H
-        mbarrier.wait(q_free, (rq & 1) ^ 1)
-        mbarrier.expect(q_ready, q_bytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
-        tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
-        tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
+        _load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF)
         idx_row = idx_ptr + r.to(gl.int64) * stride_ib + tok * stride_it
         h_lo = t_lo * (BLOCK_N // HALF_N)
         h_hi = t_hi * (BLOCK_N // HALF_N)
@@ -100,10 +98,7 @@ def _half_issuer(q_desc, qr_desc, q_s, qr_s, raw_s, sc_s, q_ready, q_free,
             idx = idx_next
             idx_next = gl.load(idx_row + slots + HALF_N, mask=slots + HALF_N < length,
                                other=-1)
-            valid = (slots < length) & (idx >= 0) & (idx < num_tokens)
-            p_tok = gl.where(valid, idx, 0).to(gl.int64)
-            page = p_tok // PAGE_SIZE
-            row = page * stride_kp + (p_tok - page * PAGE_SIZE) * TOKEN_BYTES
+            valid, row = _token_rows(idx, slots, length, num_tokens, stride_kp, PAGE_SIZE)
             mbarrier.wait(raw_free.index(s), ((hs // SLOTS) & 1) ^ 1)
             async_copy.async_copy_global_to_shared(
                 raw_s.index(s), k_ptr + (gl.expand_dims(row, 1) + ncols),
@@ -160,10 +155,7 @@ def _half_converter(raw_s, sc_s, k_s, kr_s, v_s, raw_ready, raw_free, k_ready, k
             # into the key stage while the NoPE halves are converted
             slots = t * BLOCK_N + offs_n
             idx = gl.load(idx_row + slots, mask=slots < length, other=-1)
-            valid = (slots < length) & (idx >= 0) & (idx < num_tokens)
-            p_tok = gl.where(valid, idx, 0).to(gl.int64)
-            page = p_tok // PAGE_SIZE
-            row = page * stride_kp + (p_tok - page * PAGE_SIZE) * TOKEN_BYTES
+            valid, row = _token_rows(idx, slots, length, num_tokens, stride_kp, PAGE_SIZE)
             r_ptr = (k_ptr + (row + ROPE_OFFSET)).to(gl.pointer_type(gl.bfloat16))
             mbarrier.wait(k_free.index(ks), ((it // STAGES) & 1) ^ 1)
             async_copy.async_copy_global_to_shared(
@@ -183,10 +175,7 @@ def _half_converter(raw_s, sc_s, k_s, kr_s, v_s, raw_ready, raw_free, k_ready, k
                 raw2 = raw.slice(2 * GROUP, GROUP, dim=1).load(nope_l)
                 raw3 = raw.slice(3 * GROUP, GROUP, dim=1).load(nope_l)
                 mbarrier.arrive(raw_free.index(s), count=1)
-                sc0 = gl.convert_layout(gl.sum(gl.where(scols == 0, sc4, 0.0), axis=1), row_l)
-                sc1 = gl.convert_layout(gl.sum(gl.where(scols == 1, sc4, 0.0), axis=1), row_l)
-                sc2 = gl.convert_layout(gl.sum(gl.where(scols == 2, sc4, 0.0), axis=1), row_l)
-                sc3 = gl.convert_layout(gl.sum(gl.where(scols == 3, sc4, 0.0), axis=1), row_l)
+                sc0, sc1, sc2, sc3 = _split_scales(sc4, scols, row_l)
                 k0h = k0.slice(hh * HALF_N, HALF_N, dim=0)
                 k1h = k1.slice(hh * HALF_N, HALF_N, dim=0)
                 _dequant_store(raw0, sc0, k0h.slice(0, GROUP, dim=1))
