@@ -67,6 +67,8 @@ def _half_issuer(q_desc, qr_desc, q_s, qr_s, raw_s, sc_s, q_ready, q_free,
     sc_l: gl.constexpr = gl.BlockedLayout([1, 1], [8, 4], [WARPS, 1], [1, 0])
     row_l: gl.constexpr = gl.SliceLayout(1, nope_l)
     srow_l: gl.constexpr = gl.SliceLayout(1, sc_l)
+    # the half tile's rows once a warp (every warp asks L2 for the same RoPE lines: a
+    # prefetch, nothing comes back)
     vec_l: gl.constexpr = gl.BlockedLayout([1], [32], [WARPS], [0])
     D_NOPE: gl.constexpr = raw_s.shape[2]
 
