@@ -125,6 +125,20 @@ def ring(h_q: int) -> bool:
     return small_h(h_q) and os.environ.get(RING_ENV, "1") != "0"
 
 
+def _split_kernel(use_ring: bool, swap: bool, stages: int, pv_regs: int, producer_regs: int):
+    """The split kernel of a launch and its own constexprs: the cp.async ring kernel (h_q <= 16)
+    or the register-gather kernel (64-row, or swapped with ``swap``)."""
+    if use_ring:
+        from .gluon_ring_kernel import _sparse_decode_ring_kernel
+        return _sparse_decode_ring_kernel, dict(
+            SLOTS=RING_SLOTS, PV_REGS=pv_regs, CONVERTER_REGS=RING_CONVERTER_REGS,
+            ISSUER_REGS=RING_ISSUER_REGS, WARPS=4)
+    from .gluon_kernel import _sparse_decode_gluon_kernel
+    return _sparse_decode_gluon_kernel, dict(
+        STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
+        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, SWAP=swap)
+
+
 def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_scale,
                                 head_dim_v, attn_sink, topk_length, stages,
                                 pv_regs=GLUON_PV_REGS, producer_regs=GLUON_PRODUCER_REGS,
@@ -135,8 +149,6 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     Returns ``out [b, s_q, h_q, 512]`` bf16 and ``lse [b, s_q, h_q]`` float32, both
     contiguous (the public lse is the ``[b, h_q, s_q]`` transposed view)."""
     from triton.experimental.gluon import language as gl
-
-    from .gluon_kernel import _sparse_decode_gluon_kernel
 
     b, s_q, h_q, d_qk = q.shape
     _check_alignment("k_cache", k_cache, d_qk)
@@ -151,14 +163,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     if swap and pv_regs == GLUON_PV_REGS and producer_regs == GLUON_PRODUCER_REGS:
         pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
     grid = (-(-h_q // block_h), s_q, num_parts)
-    if ring(h_q):
-        from .gluon_ring_kernel import _sparse_decode_ring_kernel as fn
-        consts = dict(SLOTS=RING_SLOTS, PV_REGS=pv_regs, CONVERTER_REGS=RING_CONVERTER_REGS,
-                      ISSUER_REGS=RING_ISSUER_REGS, WARPS=4)
-    else:
-        fn = _sparse_decode_gluon_kernel
-        consts = dict(STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
-                      PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, SWAP=swap)
+    fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs)
     launch(fn, grid, (
         tma_descriptor(q2, [block_h, half], gl.bfloat16),
         tma_descriptor(q2, [block_h, d_rope], gl.bfloat16),
@@ -193,9 +198,6 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from .gluon_kernel import _sparse_decode_gluon_kernel as fn
-    from .gluon_ring_kernel import _sparse_decode_ring_kernel
-
     swap = block_h != GLUON_BLOCK_H
     regs = (SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS) if swap else (GLUON_PV_REGS,
                                                                    GLUON_PRODUCER_REGS)
@@ -213,14 +215,9 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
              "scale_log2": "fp32"}
     ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=block_h,
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
-              HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink, PV_REGS=pv_regs)
-    if ring:  # the cp.async ring kernel (h_q <= 16)
-        fn = _sparse_decode_ring_kernel
-        ce.update(SLOTS=RING_SLOTS, CONVERTER_REGS=RING_CONVERTER_REGS,
-                  ISSUER_REGS=RING_ISSUER_REGS, WARPS=4)
-    else:
-        ce.update(STAGES=stages, PRODUCER_REGS=producer_regs,
-                  PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, SWAP=swap)
+              HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink)
+    fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs)
+    ce.update(consts)
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in ce:
