@@ -14,6 +14,8 @@ CHECK = r"""
 import os, sys, torch
 os.environ["OPENMLA_BACKEND_DENSE_DECODE"] = "gluon"
 os.environ["OPENMLA_DENSE_SEESAW"] = sys.argv[1]
+for kv in sys.argv[2:]:
+    os.environ[kv.split("=")[0]] = kv.split("=")[1]
 import openmla
 from openmla.testing import generate as gen
 from openmla.testing.compare import TOLERANCES, assert_close, nan_filled_outputs
@@ -45,11 +47,11 @@ print("ALL OK")
 """
 
 
-def check(flag: str) -> bool:
+def check(flag: str, extra=()) -> bool:
     from openmla.testing.bench import check_in_subprocess
 
-    print(f"seesaw={flag}:", flush=True)
-    return check_in_subprocess(CHECK, [flag], timeout=240)
+    print(f"seesaw={flag} {' '.join(extra)}:", flush=True)
+    return check_in_subprocess(CHECK, [flag, *extra], timeout=240)
 
 
 ENV_KEYS = ("OPENMLA_DENSE_SEESAW",)
@@ -119,6 +121,9 @@ if __name__ == "__main__":
     if "--time-only" not in sys.argv:
         flag = next((a.split("=")[1] for a in sys.argv if a.startswith("--check-flag=")), "1")
         ok = check(flag)
+        for extra in sys.argv:
+            if ok and extra.startswith("--check-env="):  # e.g. --check-env=OPENMLA_PDL=2
+                ok = check(flag, extra.split("=", 1)[1].split(","))
     for a in sys.argv:
         if a.startswith("--variants="):
             keep = a.split("=", 1)[1].split(",")
