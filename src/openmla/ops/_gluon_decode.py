@@ -108,6 +108,37 @@ def seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.c
 
 
 @gluon.jit
+def seesaw_softmax0_kept(sc, m_i, l_i, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr):
+    """Warpgroup 0 of a seesaw pair: the online softmax of the scaled, masked scores ``sc`` of
+    B0 (base 2); m0 and l0 published to warpgroup 1 (``p_bar`` 0). Returns m0, l0, the rescale
+    factor of O and P0 in fp32 (kept until warpgroup 1's max is known: ``seesaw_store_p0_at_m1``)."""
+    m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+    p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    ml_store(ml_s, ml2_s, ph, 0, BLOCK_H, m_new)
+    ml_store(ml_s, ml2_s, ph, 1, BLOCK_H, l_i)
+    mbarrier.arrive(p_bar.index(0), count=1)
+    return m_new, l_i, alpha, p
+
+
+@gluon.jit
+def seesaw_store_p0_at_m1(p, m0, kr_s, z, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr,
+                    BLOCK_N: gl.constexpr, row_layout: gl.constexpr):
+    """Warpgroup 0, once warpgroup 1 has published m1 and l1 (``p_bar`` 1): P0 brought to m1
+    (P0 · exp2(m0 − m1), rounded to bf16 as P1 is) into B0's RoPE buffer for warpgroup 1's
+    P0 · V0_R (``p_bar`` 2). Returns m1, l1 and exp2(m0 − m1), O_L's rescale factor."""
+    mbarrier.wait(p_bar.index(1), ph)
+    m1 = ml_load(ml_s, ml2_s, ph, 2, BLOCK_H, row_layout)
+    l1 = ml_load(ml_s, ml2_s, ph, 3, BLOCK_H, row_layout)
+    d = gl.exp2(m0 - m1)
+    p_in_rope_slot(kr_s, z, BLOCK_H, BLOCK_N).store((p * gl.expand_dims(d, 1)).to(kr_s.dtype))
+    fence_async_shared()
+    mbarrier.arrive(p_bar.index(2), count=1)
+    return m1, l1, d
+
+
+@gluon.jit
 def seesaw_softmax1(sc, p1_s, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr,
                     row_layout: gl.constexpr):
     """Warpgroup 1 of a seesaw pair: once warpgroup 0 has published m0 and l0, the softmax of

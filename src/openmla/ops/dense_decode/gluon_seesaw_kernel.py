@@ -5,22 +5,24 @@ warpgroups are peers instead of a softmax warpgroup and a P·V warpgroup. Each o
 output columns (warpgroup 0: O[:, :256], warpgroup 1: O[:, 256:]) and a request's key tiles go
 in pairs (B0, B1) = (tiles t_lo + 2j, t_lo + 2j + 1), B0 in ring stage 0 and B1 in stage 1:
 
-* warpgroup 0 computes S0 = Q·K0ᵀ, the new running max m0 and P0 = exp2(S0 − m0), publishes P0
-  (in B0's RoPE key buffer, dead once S0 is done) with m0 and the row sums, adds
-  O_L = O_L·α0 + P0·V0[:, :256], then, once warpgroup 1 has published P1,
+* warpgroup 0 computes S0 = Q·K0ᵀ, the new running max m0 and P0 = exp2(S0 − m0), publishes
+  m0 and the row sums, adds O_L = O_L·α0 + P0·V0[:, :256] (P0 from registers); once warpgroup 1
+  has published m1 it stores P0 brought to m1 (P0·exp2(m0 − m1), rounded to bf16 as P1 is) into
+  B0's RoPE key buffer (dead once S0 is done) for warpgroup 1, and adds
   O_L = O_L·exp2(m0 − m1) + P1·V1[:, :256];
 * warpgroup 1 computes S1 = Q·K1ᵀ meanwhile; with m0 published it does its softmax at
-  m1 = max(m0, rowmax S1), publishes P1 (a buffer of its own), m1 and the row sums, adds
-  O_R = O_R·exp2(m_prev − m1) + P0·V0[:, 256:] with P0 read back from shared memory and
-  brought to scale m1 (P0·exp2(m0 − m1), rounded to bf16 as P1 is), then P1·V1[:, 256:].
+  m1 = max(m0, rowmax S1), publishes P1 (a buffer of its own), m1 and the row sums, brings O_R
+  to m1 in one step (exp2(m_prev − m1)), adds P1·V1[:, 256:] from registers and, once warpgroup
+  0 has stored it, P0·V0[:, 256:] straight from shared memory.
 
 So warpgroup 1's exponentials run under warpgroup 0's products, and both end a pair with the
-same m and l (plain online softmax, no final exchange).
+same m and l (plain online softmax, no final exchange). (Warpgroup 1 reading P0 back at m0 and
+scaling it itself, the previous order, was 1-3 % slower at s_q = 1 on an H200.)
 
 Each key tile arrives as three pieces with barriers of their own, the NoPE halves L = K[:, :256]
 and R = K[:, 256:512] and the RoPE part E, and each piece is given back by the one warpgroup
 that reads it last, as soon as it has: E1 by warpgroup 1 right after S1; L0 by warpgroup 0 after
-P0·V0_L; R0 and E0 (P0) by warpgroup 1 after P0·V0_R; R1 by warpgroup 1 after P1·V1_R; L1 by
+P0·V0_L; R1 by warpgroup 1 after P1·V1_R; R0 and E0 (P0) by warpgroup 1 after P0·V0_R; L1 by
 warpgroup 0 after P1·V1_L. The loader refills them in that order, each S consumes its pieces in
 the order they come back (S0: L, R, E; S1: E, R, L), and the loader asks L2 for the next pair's
 tiles (a prefetch, from row tile 0 only) while it issues this pair's copies: the four row
@@ -40,7 +42,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .._gluon_decode import ml_load, seesaw_p0_at_m1, seesaw_softmax0, seesaw_softmax1
+from .._gluon_decode import (p_in_rope_slot, seesaw_softmax0_kept, seesaw_softmax1,
+                             seesaw_store_p0_at_m1)
 from ..schedule.gluon import schedule_part
 from .gluon_kernel import MAX_SENTINEL, _request_blocks, _store_half, _zero_tail
 
@@ -81,6 +84,21 @@ def _tile_row(bt_row, t, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
+def _scores0(q_s, qr_s, k_s, kr_s, k_ready, z, ph, s_layout: gl.constexpr,
+             BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr):
+    """S0 = Q·K0ᵀ (warpgroup 0), its pieces in the order they come back: L, R, E."""
+    sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
+    mbarrier.wait(k_ready.index(PIECE_L), ph)
+    sc = warpgroup_mma(q_s.index(z), k_s.index(z).permute((1, 0)), sc, use_acc=False,
+                       is_async=True)
+    mbarrier.wait(k_ready.index(PIECE_R), ph)
+    sc = warpgroup_mma(q_s.index(1 + z), k_s.index(1 + z).permute((1, 0)), sc, is_async=True)
+    mbarrier.wait(k_ready.index(PIECE_E), ph)
+    sc = warpgroup_mma(qr_s, kr_s.index(z).permute((1, 0)), sc, is_async=True)
+    return warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+
+
+@gluon.jit
 def _seesaw_load(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
                  q_ready, q_free, k_ready, k_free,
                  block_table_ptr, seqlens_ptr, meta_ptr, s_q, h_q, stride_bt,
@@ -115,18 +133,18 @@ def _seesaw_load(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
             row0 = _tile_row(bt_row, t0, PAGE_SIZE, BLOCK_N)
             # B1: the next tile, or the last one again (all masked) after an odd count
             row1 = _tile_row(bt_row, gl.minimum(t0 + 1, t_hi - 1), PAGE_SIZE, BLOCK_N)
-            # in the order the pieces come back: E1 (after S1), L0 (after P0·V0_L), R0 and E0
-            # (after P0·V0_R), R1 (after P1·V1_R), L1 (after P1·V1_L)
+            # in the order the pieces come back: E1 (after S1), L0 (after P0·V0_L), R1 (after
+            # P1·V1_R), R0 and E0 (after P0·V0_R), L1 (after P1·V1_L)
             _load_piece(kr_desc, row1, 2 * D_HALF, kr_s.index(1), k_ready.index(3 + PIECE_E),
                         k_free.index(3 + PIECE_E), ph)
             _load_piece(k_desc, row0, 0, k_s.index(0), k_ready.index(PIECE_L),
                         k_free.index(PIECE_L), ph)
+            _load_piece(k_desc, row1, D_HALF, k_s.index(3), k_ready.index(3 + PIECE_R),
+                        k_free.index(3 + PIECE_R), ph)
             _load_piece(k_desc, row0, D_HALF, k_s.index(1), k_ready.index(PIECE_R),
                         k_free.index(PIECE_R), ph)
             _load_piece(kr_desc, row0, 2 * D_HALF, kr_s.index(0), k_ready.index(PIECE_E),
                         k_free.index(PIECE_E), ph)
-            _load_piece(k_desc, row1, D_HALF, k_s.index(3), k_ready.index(3 + PIECE_R),
-                        k_free.index(3 + PIECE_R), ph)
             _load_piece(k_desc, row1, 0, k_s.index(2), k_ready.index(3 + PIECE_L),
                         k_free.index(3 + PIECE_L), ph)
             # the next pair's tiles into L2 while this pair's copies are under way; the row
@@ -200,18 +218,10 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
             key0_0 = t0 * BLOCK_N  # B0's keys
             key0_1 = gl.minimum(t0 + 1, t_hi - 1) * BLOCK_N  # the rows B1 holds
             # --- S of this warpgroup's tile (stage WG), pieces in the order they come back
-            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
             if WG == 0:
-                mbarrier.wait(k_ready.index(PIECE_L), ph)
-                sc = warpgroup_mma(q_s.index(z), k_s.index(z).permute((1, 0)), sc,
-                                   use_acc=False, is_async=True)
-                mbarrier.wait(k_ready.index(PIECE_R), ph)
-                sc = warpgroup_mma(q_s.index(1 + z), k_s.index(1 + z).permute((1, 0)), sc,
-                                   is_async=True)
-                mbarrier.wait(k_ready.index(PIECE_E), ph)
-                sc = warpgroup_mma(qr_s, kr_s.index(z).permute((1, 0)), sc, is_async=True)
-                sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+                sc = _scores0(q_s, qr_s, k_s, kr_s, k_ready, z, ph, s_layout, BLOCK_H, BLOCK_N)
             else:
+                sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
                 mbarrier.wait(k_ready.index(3 + PIECE_E), ph)
                 sc = warpgroup_mma(qr_s, kr_s.index(1 + z).permute((1, 0)), sc, use_acc=False,
                                    is_async=True)
@@ -236,47 +246,47 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
                     valid = valid & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_last, 1))
                 sc = gl.where(valid, sc, float("-inf"))
             if WG == 0:
-                # publish P0 (in B0's RoPE buffer, read by warpgroup 1), m0 and l0
-                m_i, l_i, alpha, p16 = seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph,
-                                                       p_bar, BLOCK_H, BLOCK_N)
+                # m0 and l0 to warpgroup 1; P0 · V0_L at m0 from registers
+                m_i, l_i, alpha, p = seesaw_softmax0_kept(sc, m_i, l_i, ml_s, ml2_s, ph, p_bar,
+                                                          BLOCK_H)
                 l0 = k_s.index(z)
                 _zero_tail(k_s, z, 1, key0_0, seqlen, BLOCK_N)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-                acc = warpgroup_mma(gl.convert_layout(p16, p_layout), l0, acc, is_async=True)
+                acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), l0, acc,
+                                    is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(k_free.index(PIECE_L), count=1)  # done with L0
-                # P1 · V1[:, :256] at warpgroup 1's running max
-                mbarrier.wait(p_bar.index(1), ph)
-                m1 = ml_load(ml_s, ml2_s, ph, 2, BLOCK_H, row_s)
-                l_i = ml_load(ml_s, ml2_s, ph, 3, BLOCK_H, row_s)
+                # once warpgroup 1 has its max m1: P0 at m1 for its P0 · V0_R, O_L to m1,
+                # P1 · V1_L
+                m_i, l_i, d = seesaw_store_p0_at_m1(p, m_i, kr_s, z, ml_s, ml2_s, ph, p_bar,
+                                                    BLOCK_H, BLOCK_N, row_s)
                 l1 = k_s.index(2 + z)
                 _zero_tail(k_s, 2 + z, 1, key0_1, seqlen, BLOCK_N)
-                acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
-                m_i = m1
+                acc = acc * gl.expand_dims(gl.convert_layout(d, row_o), 1)
                 acc = warpgroup_mma(p1_s, l1, acc, is_async=True)
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(k_free.index(3 + PIECE_L), count=1)  # done with L1
             else:
-                # m1 = max(m0, rowmax S1): warpgroup 0's max and sums of P0 first
+                # m1 = max(m0, rowmax S1), P1 published; O_R to m1 in one step
+                # (exp2(m_prev - m0) · exp2(m0 - m1)), P1 · V1_R from registers, then P0 · V0_R
+                # with P0 at m1 from B0's RoPE buffer once warpgroup 0 has put it there
                 m1, l_i, alpha1, p16 = seesaw_softmax1(sc, p1_s, ml_s, ml2_s, ph, p_bar, BLOCK_H,
                                                        row_s)
-                # O_R at scale m1: P0 · V0[:, 256:] with P0 read back and brought to scale m1
-                # (P0 · exp2(m0 - m1)), so that R0 and E0 go back to the loader first ...
                 acc = acc * gl.expand_dims(gl.convert_layout(gl.exp2(m_i - m1), row_o), 1)
                 m_i = m1
-                p0 = seesaw_p0_at_m1(kr_s, z, alpha1, BLOCK_H, BLOCK_N, s_layout)
+                r1 = k_s.index(3 + z)
+                _zero_tail(k_s, 3 + z, 1, key0_1, seqlen, BLOCK_N)
                 r0 = k_s.index(1 + z)
                 _zero_tail(k_s, 1 + z, 1, key0_0, seqlen, BLOCK_N)
-                acc = warpgroup_mma(gl.convert_layout(p0, p_layout), r0, acc, is_async=True)
+                acc = warpgroup_mma(gl.convert_layout(p16, p_layout), r1, acc, is_async=True)
+                mbarrier.wait(p_bar.index(2), ph)
+                acc = warpgroup_mma(p_in_rope_slot(kr_s, z, BLOCK_H, BLOCK_N), r0, acc,
+                                    is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+                mbarrier.arrive(k_free.index(3 + PIECE_R), count=1)  # done with R1
                 acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 mbarrier.arrive(k_free.index(PIECE_R), count=1)  # done with R0 and E0 (P0)
                 mbarrier.arrive(k_free.index(PIECE_E), count=1)
-                # ... then P1 · V1[:, 256:] (P1 from registers)
-                r1 = k_s.index(3 + z)
-                _zero_tail(k_s, 3 + z, 1, key0_1, seqlen, BLOCK_N)
-                acc = warpgroup_mma(gl.convert_layout(p16, p_layout), r1, acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-                mbarrier.arrive(k_free.index(3 + PIECE_R), count=1)  # done with R1
             pc += 1
             j += 1
         # a request with no key tile in this part never read its Q
@@ -325,13 +335,13 @@ def _dense_decode_seesaw_kernel(
     q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [6, 1], mbarrier.MBarrierLayout())
     k_free = gl.allocate_shared_memory(gl.int64, [6, 1], mbarrier.MBarrierLayout())
-    p_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    p_bar = gl.allocate_shared_memory(gl.int64, [3, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_ready, count=1)
     mbarrier.init(q_free, count=2)  # both warpgroups compute S
     for i in gl.static_range(6):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(k_free.index(i), count=1)  # one warpgroup gives each piece back
-    for i in gl.static_range(2):
+    for i in gl.static_range(3):
         mbarrier.init(p_bar.index(i), count=1)
     fence_async_shared()
 

@@ -39,7 +39,8 @@ GLUON_LOAD_REGS = 24  # the TMA-issuing warp needs few; 128 x (256 + 208 + 24) f
 # (h_q=64, memory-bound) it lost (457.6 against 425.2), so those keep the default kernel.
 # OPENMLA_DENSE_SEESAW=0 / 1 forces the choice for 64-row tiles (tests, comparisons).
 SEESAW_ENV = "OPENMLA_DENSE_SEESAW"
-SEESAW_PEER_REGS = 232  # the second peer's registers; 128 x (256 + 232 + 24) = 64K
+SEESAW_PEER_REGS = 248  # warpgroup 0's registers (it keeps P0 in fp32 across its P0·V0_L);
+# the default partition (warpgroup 1) gets what is left: 128 x (248 + 232 + 24) = 64,512
 
 
 def use_seesaw(rows: int) -> bool:
