@@ -4,6 +4,7 @@ NaN-filled outputs, bitwise run to run), then both timed in alternating rounds (
 flushed before each call).
 
     PYTHONPATH=src python benchmarks/sparse_prefill_seesaw_ab.py [--time-only]
+        [--variants=default,seesaw,default_item_grid,seesaw_item_grid,seesaw_evict_last]
 """
 import os
 import sys
@@ -41,24 +42,43 @@ def check():
         assert same
 
 
-def time_ab():
+# name: (OPENMLA_SP_SEESAW, CTAs of the grid (0: one per SM, persistent; -1: one per work item),
+# evict-last cache hint on the gathers)
+VARIANTS = {"default": ("0", 0, False), "seesaw": ("1", 0, False),
+            "default_item_grid": ("0", -1, False), "seesaw_item_grid": ("1", -1, False),
+            "seesaw_evict_last": ("1", 0, True)}
+
+
+def _call(kw, grid_ctas, evict_last):
+    from openmla.ops.sparse_prefill import gluon_launch as L
+    from openmla.ops.sparse_prefill.gluon_library import ops
+
+    if grid_ctas == 0 and not evict_last:  # the public call
+        return lambda: openmla.flash_mla_sparse_fwd(**kw)
+    return lambda: ops.sparse_prefill_gluon(
+        kw["q"], kw["kv"], kw["indices"], kw.get("attn_sink"), kw.get("topk_length"),
+        kw["sm_scale"], kw.get("d_v", 512), L.STAGES, L.LOAD_WARPS, grid_ctas, evict_last)
+
+
+def time_ab(names):
     ceil = measure_ceilings("cuda")
     print(f"ceilings: copy {ceil.copy_gbps:.0f} GB/s, matmul {ceil.matmul_tflops:.0f} TFLOPS")
     for s_q, s_kv, h_q, topk in SHAPES:
         case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, with_attn_sink=True,
                                          device="cuda", seed=0)
         kw = gen.public_kwargs(case)
-        t = {"0": [], "1": []}
+        t = {name: [] for name in names}
         for _ in range(4):
-            for flag in ("0", "1"):
+            for name in names:
+                flag, grid_ctas, evict_last = VARIANTS[name]
                 os.environ[ENV] = flag
-                t[flag] += time_samples(lambda: openmla.flash_mla_sparse_fwd(**kw),
-                                        device="cuda", budget_s=0.5, max_runs=40)
+                t[name] += time_samples(_call(kw, grid_ctas, evict_last), device="cuda",
+                                        budget_s=0.5, max_runs=40)
         flop = 2 * s_q * h_q * topk * (576 + 512)
-        for flag, name in (("0", "default"), ("1", "seesaw")):
-            x = sorted(t[flag])
+        for name in names:
+            x = sorted(t[name])
             med = x[len(x) // 2]
-            print(f"s_q={s_q} h_q={h_q} topk={topk} {name:8} median {med:8.1f} us "
+            print(f"s_q={s_q} h_q={h_q} topk={topk} {name:18} median {med:8.1f} us "
                   f"(p20 {x[len(x) // 5]:.1f}, p80 {x[4 * len(x) // 5]:.1f}) "
                   f"{flop / med / 1e6 / ceil.matmul_tflops:.3f} of matmul", flush=True)
         del case, kw
@@ -68,4 +88,6 @@ def time_ab():
 if __name__ == "__main__":
     if "--time-only" not in sys.argv:
         check()
-    time_ab()
+    chosen = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--variants=")),
+                  ["default", "seesaw"])
+    time_ab(chosen)
