@@ -369,7 +369,7 @@ _COMPILE_PROGRAM = r"""
 import re, sys
 from openmla.ops.sparse_decode.gluon_launch import compile_sm90
 from openmla.testing.sm90 import ptxas_report
-k = compile_sm90(block_h=int(sys.argv[1]), ring=sys.argv[2] == "ring")
+k = compile_sm90(block_h=int(sys.argv[1]), ring=sys.argv[2] == "ring", head_blocks=int(sys.argv[3]))
 ptx = k.asm["ptx"]
 rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
@@ -377,6 +377,7 @@ print("spill", rep.spill_stores)
 print("smem", k.metadata.shared)
 print("cp_async_16", len(re.findall(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx)))
 print("cp_async_arrive", ptx.count("cp.async.mbarrier.arrive.noinc"))
+print("prefetch", ptx.count("prefetch.global.L2"))
 """
 
 # ptxas spills a few loop scalars (no tensor data) of the warp-specialized partitions; a bound,
@@ -385,7 +386,7 @@ MAX_SCALAR_SPILL_BYTES = 128
 MAX_SMEM_BYTES = 232448  # Hopper: 227 KiB of dynamic shared memory per block
 
 
-def _compile_report(block_h=64, kernel="split"):
+def _compile_report(block_h=64, kernel="split", head_blocks=1):
     """wgmma count, ptxas spill bytes and shared memory of the split kernel for sm_90, compiled
     in a fresh interpreter (no GPU, no interpreter mode); ``block_h`` 16: the swapped-product
     kernel, or with ``kernel="ring"`` the cp.async ring kernel."""
@@ -401,7 +402,8 @@ def _compile_report(block_h=64, kernel="split"):
         pytest.skip(f"the Gluon kernel is written for Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     env.pop("TRITON_INTERPRET", None)  # compiled in a fresh interpreter, outside the interpreter
-    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM, str(block_h), kernel],
+    res = subprocess.run([sys.executable, "-c", _COMPILE_PROGRAM, str(block_h), kernel,
+                          str(head_blocks)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     return dict(line.split() for line in res.stdout.splitlines() if line.strip())
@@ -416,6 +418,16 @@ def test_gluon_kernel_compiles_for_sm90(block_h):
     assert int(got["wgmma"]) == (44 if block_h == 64 else 36 + 2 * 16), got
     assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
     assert int(got["smem"]) <= MAX_SMEM_BYTES, got
+
+
+def test_prefetch_from_head_block0_compiles_for_sm90():
+    """With two head blocks a token (h_q = 128) the 64-row kernel's producer still asks L2 for
+    the next tile's rows (from head block 0 only, a run-time branch), with the same products and
+    no more spills than the kernel at one head block."""
+    one, two = _compile_report(64), _compile_report(64, head_blocks=2)
+    assert int(two["prefetch"]) > 0 and int(two["prefetch"]) == int(one["prefetch"]), (one, two)
+    assert int(two["wgmma"]) == 44, two
+    assert 0 <= int(two["spill"]) <= MAX_SCALAR_SPILL_BYTES, two
 
 
 def test_ring_kernel_compiles_for_sm90():

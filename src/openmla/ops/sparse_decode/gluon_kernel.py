@@ -256,9 +256,13 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
             rope = gl.load(gl.expand_dims(r_ptr, 1) + rcols, mask=r_valid, other=0.0)
             if PREFETCH:
                 nxt = slots + STEP < length
-                _prefetch_rows(k_ptr, idx_after,
-                               nxt & (idx_after >= 0) & (idx_after < num_tokens), stride_kp,
-                               PAGE_SIZE, WARPS)
+                pf_ok = nxt & (idx_after >= 0) & (idx_after < num_tokens)
+                if PREFETCH == 2:  # only head block 0 asks: the others read the same rows
+                    # (several head blocks a token: gluon_launch.PREFETCH_HEAD_BLOCK0)
+                    if pid_h == 0:
+                        _prefetch_rows(k_ptr, idx_after, pf_ok, stride_kp, PAGE_SIZE, WARPS)
+                else:
+                    _prefetch_rows(k_ptr, idx_after, pf_ok, stride_kp, PAGE_SIZE, WARPS)
             idx_next = idx_after
             idx_after = gl.load(idx_row + slots + 2 * STEP, mask=slots + 2 * STEP < length,
                                 other=-1)

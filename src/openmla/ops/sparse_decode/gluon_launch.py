@@ -45,8 +45,14 @@ SMALL_H_PV_REGS = 88
 SMALL_H_PRODUCER_REGS = 152
 # the producer prefetches the next index tile's token rows into L2 while it dequantizes the
 # current one (``gluon_kernel._prefetch_rows``; H200 graph replay, b=128 topk=2048, without /
-# with / two tiles ahead: h_q=16 148.2 / 136.3 / 143.6 µs, s_q=2 h_q=128 498.6 / 479.6 / 480.6)
+# with / two tiles ahead: h_q=16 148.2 / 136.3 / 143.6 µs, s_q=2 h_q=128 498.6 / 479.6 / 480.6).
+# With several head blocks a token (h_q > 64) only head block 0 asks (PREFETCH = 2): the others
+# read the same rows. H200 graph replay, b=128 topk=2048 (``benchmarks/sparse_decode_ab.py``):
+# s_q=2 h_q=128 457.7 -> 454.2 µs, s_q=1 h_q=128 236.8 -> 232.9; at one head block the branch
+# alone cost 3 % (131.1 -> 135.1 at h_q=64), so those keep PREFETCH = True.
 GLUON_PREFETCH = True
+PREFETCH_HEAD_BLOCK0 = 2
+PREFETCH_ENV = "OPENMLA_SPARSE_PREFETCH"  # "all": every head block asks (comparisons)
 # At most SMALL_H_HEADS heads run the ring kernel (``gluon_ring_kernel.py``): the token rows go to
 # shared memory with cp.async through RING_SLOTS half-tile raw slots, beside two dequantized key
 # stages, and the swapped kernel's consumers; the output is bitwise the swapped kernel's.
@@ -125,9 +131,11 @@ def ring(h_q: int) -> bool:
     return small_h(h_q) and os.environ.get(RING_ENV, "1") != "0"
 
 
-def _split_kernel(use_ring: bool, swap: bool, stages: int, pv_regs: int, producer_regs: int):
+def _split_kernel(use_ring: bool, swap: bool, stages: int, pv_regs: int, producer_regs: int,
+                  head_blocks: int = 1):
     """The split kernel of a launch and its own constexprs: the cp.async ring kernel (h_q <= 16)
-    or the register-gather kernel (64-row, or swapped with ``swap``)."""
+    or the register-gather kernel (64-row, or swapped with ``swap``) over ``head_blocks`` blocks
+    of heads a token."""
     if use_ring:
         from .gluon_ring_kernel import _sparse_decode_ring_kernel
         return _sparse_decode_ring_kernel, dict(
@@ -136,7 +144,9 @@ def _split_kernel(use_ring: bool, swap: bool, stages: int, pv_regs: int, produce
     from .gluon_kernel import _sparse_decode_gluon_kernel
     return _sparse_decode_gluon_kernel, dict(
         STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
-        PRODUCER_WARPS=GLUON_PRODUCER_WARPS, PREFETCH=GLUON_PREFETCH, SWAP=swap)
+        PRODUCER_WARPS=GLUON_PRODUCER_WARPS,
+        PREFETCH=(PREFETCH_HEAD_BLOCK0 if head_blocks > 1 and os.environ.get(PREFETCH_ENV) != "all"
+                  else GLUON_PREFETCH), SWAP=swap)
 
 
 def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_scale,
@@ -163,7 +173,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     if swap and pv_regs == GLUON_PV_REGS and producer_regs == GLUON_PRODUCER_REGS:
         pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
     grid = (-(-h_q // block_h), s_q, num_parts)
-    fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs)
+    fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs, grid[0])
     launch(fn, grid, (
         tma_descriptor(q2, [block_h, half], gl.bfloat16),
         tma_descriptor(q2, [block_h, d_rope], gl.bfloat16),
@@ -190,9 +200,10 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
 def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool = True,
                  stages: int = GLUON_STAGES, pv_regs: int | None = None,
                  producer_regs: int | None = None, block_h: int = GLUON_BLOCK_H,
-                 ring: bool = False):
+                 ring: bool = False, head_blocks: int = 1):
     """The split kernel compiled for Hopper (sm_90) with 16-divisible pointers and strides, as
-    a launch at production shapes specialises it. Must run without TRITON_INTERPRET."""
+    a launch at production shapes specialises it (``head_blocks`` blocks of heads a token).
+    Must run without TRITON_INTERPRET."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon import language as gl
@@ -216,7 +227,7 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=block_h,
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink)
-    fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs)
+    fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs, head_blocks)
     ce.update(consts)
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):

@@ -1,0 +1,81 @@
+"""Sparse decode on Hopper: variants of the Gluon kernels chosen through the environment, timed
+in alternating rounds of CUDA-graph replays (L2 flushed before each) after a check that each
+variant's outputs are bitwise those of the first (the variants change scheduling, not math).
+
+    PYTHONPATH=src python benchmarks/sparse_decode_ab.py [--variants=default,pf_all]
+"""
+import os
+import sys
+
+import torch
+
+import openmla
+from openmla.testing import generate as gen
+from openmla.testing.bench import graph_time_fn, measure_ceilings
+
+VARIANTS = {  # name: environment
+    "default": {},
+    # every head block of a token asks L2 for the next tile's rows (before the seventh session;
+    # the default has head block 0 ask alone when h_q > 64)
+    "pf_all": {"OPENMLA_SPARSE_PREFETCH": "all"},
+}
+ENV_KEYS = ("OPENMLA_SPARSE_PREFETCH",)
+SHAPES = [(128, 2, 128, 2048), (128, 1, 128, 2048), (128, 1, 64, 2048)]  # b, s_q, h_q, topk
+S_K = 32768
+REPS = 12
+ROUNDS = 6
+
+
+def _use(env):
+    for k in ENV_KEYS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+
+
+def main():
+    names = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--variants=")),
+                 list(VARIANTS))
+    os.environ["OPENMLA_BACKEND_SPARSE_DECODE"] = "gluon"
+    ceil = measure_ceilings("cuda")
+    print(f"ceilings: copy {ceil.copy_gbps:.0f} GB/s, matmul {ceil.matmul_tflops:.0f} TFLOPS",
+          flush=True)
+    rows = []
+    for b, s_q, h_q, topk in SHAPES:
+        case = gen.sparse_decode_inputs(b, s_q, h_q, S_K, topk, device="cuda", seed=0)
+        kw = gen.public_kwargs(case)
+        flop = 2 * b * s_q * h_q * topk * (576 + 512)
+        first = None
+        for name in names:  # bitwise check against the first variant
+            _use(VARIANTS[name])
+            out = openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=openmla.get_mla_metadata()[0])
+            torch.cuda.synchronize()
+            if first is None:
+                first = out
+            else:
+                same = all(torch.equal(x, y) for x, y in zip(out, first))
+                print(f"b={b} s_q={s_q} h_q={h_q}: {name} bitwise equal to {names[0]}: {same}",
+                      flush=True)
+                assert same
+        times = {name: [] for name in names}
+        for _ in range(ROUNDS):
+            for name in names:
+                _use(VARIANTS[name])
+                meta = openmla.get_mla_metadata()[0]
+
+                def call(meta=meta):
+                    return openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=meta)
+                times[name].append(graph_time_fn(call, device="cuda", reps=REPS).p50)
+        for name in names:
+            t = sorted(times[name])
+            q = (t[0], t[len(t) // 2], t[-1])
+            rows.append((f"b={b} s_q={s_q} h_q={h_q} topk={topk}", name, q,
+                         flop / (q[1] * 1e-6) / 1e12 / ceil.matmul_tflops))
+        del case, kw
+        torch.cuda.empty_cache()
+    print(f"\n{'shape':32} {'variant':10} {'min / median / max of round medians, us':>28} frac-matmul")
+    for label, name, q, fr in rows:
+        print(f"{label:32} {name:10} {' '.join(f'{x:8.1f}' for x in q):>28} {fr:.3f}")
+
+
+if __name__ == "__main__":
+    main()
