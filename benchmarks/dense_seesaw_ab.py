@@ -71,7 +71,8 @@ def time_ab():
 
     import openmla
     from openmla.testing import generate as gen
-    from openmla.testing.bench import graph_time_fn, measure_ceilings
+    from openmla.testing.bench import (graph_time_fn, measure_ceilings, print_round_table,
+                                        round_row)
 
 
     os.environ["OPENMLA_BACKEND_DENSE_DECODE"] = "gluon"
@@ -105,15 +106,11 @@ def time_ab():
         label = (f"b={b} s_q={s_q} h_q={h_q} s_k={s_k}{' causal' if causal else ''}"
                  f"{' varlen' if varlen else ''}")
         for name in VARIANTS:
-            t = sorted(times[name])
-            q = [t[0], t[len(t) // 2], t[-1]]
-            rows.append((label, name, q, flop / (q[1] * 1e-6) / 1e12 / ceil.matmul_tflops))
+            rows.append(round_row(label, name, times[name], flop, ceil.matmul_tflops))
             print(rows[-1], flush=True)
         del case, kw
         torch.cuda.empty_cache()
-    print(f"\n{'shape':38} {'kernel':12} {'min / median / max of round medians, us':>28} frac-matmul")
-    for label, k, q, fr in rows:
-        print(f"{label:38} {k:12} {' '.join(f'{x:8.1f}' for x in q):>28} {fr:.3f}")
+    print_round_table(rows)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 
 import openmla
 from openmla.testing import generate as gen
-from openmla.testing.bench import graph_time_fn, measure_ceilings
+from openmla.testing.bench import graph_time_fn, measure_ceilings, print_round_table, round_row
 
 VARIANTS = {  # name: environment
     "default": {},
@@ -66,15 +66,11 @@ def main():
                     return openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=meta)
                 times[name].append(graph_time_fn(call, device="cuda", reps=REPS).p50)
         for name in names:
-            t = sorted(times[name])
-            q = (t[0], t[len(t) // 2], t[-1])
-            rows.append((f"b={b} s_q={s_q} h_q={h_q} topk={topk}", name, q,
-                         flop / (q[1] * 1e-6) / 1e12 / ceil.matmul_tflops))
+            rows.append(round_row(f"b={b} s_q={s_q} h_q={h_q} topk={topk}", name, times[name],
+                                  flop, ceil.matmul_tflops))
         del case, kw
         torch.cuda.empty_cache()
-    print(f"\n{'shape':32} {'variant':10} {'min / median / max of round medians, us':>28} frac-matmul")
-    for label, name, q, fr in rows:
-        print(f"{label:32} {name:10} {' '.join(f'{x:8.1f}' for x in q):>28} {fr:.3f}")
+    print_round_table(rows, 32, 10)
 
 
 if __name__ == "__main__":

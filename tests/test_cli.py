@@ -209,3 +209,16 @@ def test_bench_leaves_flash_mla_out_of_sparse_decode_shapes_it_cannot_take():
     assert not flash_mla_sparse_decode_takes(16, None)
     assert not flash_mla_sparse_decode_takes(32, None)
     assert not flash_mla_sparse_decode_takes(128, 1024)
+
+
+def test_round_row_and_table(capsys):
+    """An A/B row keeps min / median / max of the round medians and the median's fraction of
+    the matmul ceiling; the table prints one line a row."""
+    from openmla.testing.bench import print_round_table, round_row
+
+    row = round_row("b=1", "v", [30.0, 10.0, 20.0], 8e12, 400.0)
+    assert row[:3] == ("b=1", "v", (10.0, 20.0, 30.0))
+    assert row[3] == pytest.approx(8e12 / 20e-6 / 1e12 / 400.0)
+    print_round_table([row, round_row("b=2", "w", [5.0], 1e12, 400.0)])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 3 and lines[1].startswith("b=1") and lines[2].startswith("b=2")

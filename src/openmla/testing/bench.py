@@ -201,6 +201,24 @@ def time_samples(fn: Callable[[], Any], *, device: torch.device | str | None = N
     return [start.elapsed_time(end) * 1e3 for start, end in events]  # ms -> µs
 
 
+def round_row(label: str, name: str, round_medians: Sequence[float], flop: float,
+              matmul_tflops: float) -> tuple:
+    """A row of an A/B table of variants timed in alternating rounds: ``(label, name, (min,
+    median, max) of the round medians in µs, fraction of the matmul ceiling at the median)``."""
+    t = sorted(round_medians)
+    q = (t[0], t[len(t) // 2], t[-1])
+    return label, name, q, flop / (q[1] * 1e-6) / TFLOP / matmul_tflops
+
+
+def print_round_table(rows: Sequence[tuple], label_width: int = 38, name_width: int = 12) -> None:
+    """The rows of ``round_row`` as a table (printed last by the A/B scripts)."""
+    print(f"\n{'shape':{label_width}} {'variant':{name_width}} "
+          f"{'min / median / max of round medians, us':>28} frac-matmul")
+    for label, name, q, fr in rows:
+        print(f"{label:{label_width}} {name:{name_width}} {' '.join(f'{x:8.1f}' for x in q):>28} "
+              f"{fr:.3f}")
+
+
 def graph_time_fn(fn: Callable[[], Any], *, device: torch.device | str, reps: int = 30,
                   flush_l2: bool = True) -> Timing | None:
     """Median / p20 / p80 microseconds of ``fn`` captured once in a CUDA graph and replayed
