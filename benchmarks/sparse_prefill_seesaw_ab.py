@@ -3,7 +3,7 @@ against the default kernel. Correctness of the seesaw kernel first (float32 refe
 NaN-filled outputs, bitwise run to run), then both timed in alternating rounds (events, L2
 flushed before each call).
 
-    PYTHONPATH=src python benchmarks/sparse_prefill_seesaw_ab.py [--time-only]
+    PYTHONPATH=src python benchmarks/sparse_prefill_seesaw_ab.py [--time-only] [--check-env=K=V,...]
         [--variants=default,seesaw,default_item_grid,seesaw_item_grid,seesaw_evict_last]
 """
 import os
@@ -22,11 +22,14 @@ CHECKS = [  # (s_q, s_kv, h_q, topk, sink, topk_length)
     (5, 300, 64, 130, True, True), (3, 1000, 128, 256, False, False),
     (7, 200, 16, 64, True, False), (2, 4096, 128, 2048, True, True),
     (4, 129, 100, 65, False, True), (64, 32768, 128, 2048, True, False)]
-SHAPES = [(4096, 32768, 128, 2048), (4096, 32768, 64, 2048)]
+SHAPES = [(4096, 32768, 128, 2048, 576), (4096, 32768, 64, 2048, 576)]  # + d_qk
+SHAPES_512 = [(4096, 32768, 128, 2048, 512)]  # --d512: also d_qk 512
 
 
-def check():
-    os.environ[ENV] = "1"
+def check(env=None):
+    """The seesaw kernel (or, with ``env``, the kernel those variables pick) on CHECKS."""
+    os.environ.update(env if env is not None else {ENV: "1"})
+    print(f"check {env if env is not None else {ENV: '1'}}", flush=True)
     for i, (s_q, s_kv, h_q, topk, sink, tl) in enumerate(CHECKS):
         case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, with_attn_sink=sink,
                                          with_topk_length=tl, device="cuda", seed=10 + i)
@@ -63,8 +66,8 @@ def _call(kw, grid_ctas, evict_last):
 def time_ab(names):
     ceil = measure_ceilings("cuda")
     print(f"ceilings: copy {ceil.copy_gbps:.0f} GB/s, matmul {ceil.matmul_tflops:.0f} TFLOPS")
-    for s_q, s_kv, h_q, topk in SHAPES:
-        case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, with_attn_sink=True,
+    for s_q, s_kv, h_q, topk, d_qk in SHAPES + (SHAPES_512 if "--d512" in sys.argv else []):
+        case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, d_qk=d_qk, with_attn_sink=True,
                                          device="cuda", seed=0)
         kw = gen.public_kwargs(case)
         t = {name: [] for name in names}
@@ -74,11 +77,11 @@ def time_ab(names):
                 os.environ[ENV] = flag
                 t[name] += time_samples(_call(kw, grid_ctas, evict_last), device="cuda",
                                         budget_s=0.5, max_runs=40)
-        flop = 2 * s_q * h_q * topk * (576 + 512)
+        flop = 2 * s_q * h_q * topk * (d_qk + 512)
         for name in names:
             x = sorted(t[name])
             med = x[len(x) // 2]
-            print(f"s_q={s_q} h_q={h_q} topk={topk} {name:18} median {med:8.1f} us "
+            print(f"s_q={s_q} h_q={h_q} topk={topk} d_qk={d_qk} {name:18} median {med:8.1f} us "
                   f"(p20 {x[len(x) // 5]:.1f}, p80 {x[4 * len(x) // 5]:.1f}) "
                   f"{flop / med / 1e6 / ceil.matmul_tflops:.3f} of matmul", flush=True)
         del case, kw
@@ -88,6 +91,9 @@ def time_ab(names):
 if __name__ == "__main__":
     if "--time-only" not in sys.argv:
         check()
+    for arg in sys.argv:  # e.g. --check-env=OPENMLA_SP_SEESAW=0
+        if arg.startswith("--check-env="):
+            check(dict(kv.split("=", 1) for kv in arg.split("=", 1)[1].split(",")))
     chosen = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--variants=")),
                   ["default", "seesaw"])
     time_ab(chosen)
