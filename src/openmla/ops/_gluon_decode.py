@@ -90,9 +90,10 @@ def ml_store(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, v):
 @gluon.jit
 def seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr,
                     BLOCK_N: gl.constexpr):
-    """Warpgroup 0 of a seesaw pair: the online softmax of the scaled, masked scores ``sc`` of
-    B0 (base 2), then P0 (into B0's RoPE buffer), m0 and l0 published to warpgroup 1
-    (``p_bar`` 0). Returns m0, l0, the rescale factor of O and P0 in bf16."""
+    """Warpgroup 0 of a seesaw pair in the sparse-prefill kernel's order: the online softmax of
+    the scaled, masked scores ``sc`` of B0 (base 2), then P0 (into B0's RoPE buffer), m0 and l0
+    published to warpgroup 1 (``p_bar`` 0), which reads P0 back (``seesaw_p0_at_m1``). Returns
+    m0, l0, the rescale factor of O and P0 in bf16."""
     m_new = gl.maximum(m_i, gl.max(sc, axis=1))
     p = gl.exp2(sc - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m_i - m_new)
@@ -109,9 +110,10 @@ def seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.c
 
 @gluon.jit
 def seesaw_softmax0_kept(sc, m_i, l_i, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr):
-    """Warpgroup 0 of a seesaw pair: the online softmax of the scaled, masked scores ``sc`` of
-    B0 (base 2); m0 and l0 published to warpgroup 1 (``p_bar`` 0). Returns m0, l0, the rescale
-    factor of O and P0 in fp32 (kept until warpgroup 1's max is known: ``seesaw_store_p0_at_m1``)."""
+    """Warpgroup 0 of a seesaw pair in the dense-decode kernel's order: the online softmax of
+    the scaled, masked scores ``sc`` of B0 (base 2); m0 and l0 published to warpgroup 1
+    (``p_bar`` 0). Returns m0, l0, the rescale factor of O and P0 in fp32 (kept until warpgroup
+    1's max is known: ``seesaw_store_p0_at_m1``)."""
     m_new = gl.maximum(m_i, gl.max(sc, axis=1))
     p = gl.exp2(sc - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m_i - m_new)
@@ -163,7 +165,7 @@ def seesaw_softmax1(sc, p1_s, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr,
 @gluon.jit
 def seesaw_p0_at_m1(kr_s, z, alpha1, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                     s_layout: gl.constexpr):
-    """P0 read back from B0's RoPE buffer and brought to warpgroup 1's max (P0 · exp2(m0 − m1)),
-    in bf16 like P1."""
+    """Warpgroup 1 in the sparse-prefill kernel's order: P0 read back from B0's RoPE buffer and
+    brought to its max (P0 · exp2(m0 − m1)), in bf16 like P1."""
     p0 = p_in_rope_slot(kr_s, z, BLOCK_H, BLOCK_N).load(s_layout).to(gl.float32)
     return (p0 * gl.expand_dims(alpha1, 1)).to(kr_s.dtype)
