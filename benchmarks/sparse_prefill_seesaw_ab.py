@@ -50,6 +50,7 @@ def check(env=None):
 VARIANTS = {"default": ("0", 0, False), "seesaw": ("1", 0, False),
             "default_item_grid": ("0", -1, False), "seesaw_item_grid": ("1", -1, False),
             "seesaw_evict_last": ("1", 0, True)}
+VARIANT_ENV = ()  # variables a variant may set (a 4th element: {name: value})
 
 
 def _call(kw, grid_ctas, evict_last):
@@ -73,8 +74,11 @@ def time_ab(names):
         t = {name: [] for name in names}
         for _ in range(4):
             for name in names:
-                flag, grid_ctas, evict_last = VARIANTS[name]
+                flag, grid_ctas, evict_last, *env = VARIANTS[name]
                 os.environ[ENV] = flag
+                for k in VARIANT_ENV:
+                    os.environ.pop(k, None)
+                os.environ.update(env[0] if env else {})
                 t[name] += time_samples(_call(kw, grid_ctas, evict_last), device="cuda",
                                         budget_s=0.5, max_runs=40)
         flop = 2 * s_q * h_q * topk * (d_qk + 512)

@@ -16,10 +16,12 @@ shared memory:
   scores are in registers, so the next item's Q loads under this item's tail;
 * softmax warpgroup (default partition): S = Q·Kᵀ with wgmma from shared memory, -inf at invalid
   slots, online softmax (base 2), publishes P (bf16) and the rescale factor of each row, and
-  accumulates the left half of the output, O_L = O_L·α + P·V[:, :256]; at the end of an item it
-  writes max_logits, lse and O_L, and hands the PV warpgroup the final multiplier of each row
-  (sink factor / row sum, 0 for rows with no valid key);
-* PV warpgroup: O_R = O_R·α + P·V[:, 256:] with P read from shared memory.
+  accumulates the first D_SOFT columns of the output, O_S = O_S·α + P·V[:, :D_SOFT] (128 by
+  default: this warpgroup's chain sets the pace, so it keeps a quarter of the P·V work); at the
+  end of an item it writes max_logits, lse and O_S, and hands the PV warpgroup the final
+  multiplier of each row (sink factor / row sum, 0 for rows with no valid key);
+* PV warpgroup: the other columns, O = O·α + P·V[:, D_SOFT:] with P read from shared memory
+  (V[:, 256:] and, below D_SOFT = 256, V[:, D_SOFT:256] as a second accumulator).
 
 V is the first 512 dims of a row (all of it for d_qk 512): the same buffers as K. Rows with no
 valid index end with P = 0 everywhere, O = 0, max_logits -inf and lse +inf.
@@ -198,11 +200,12 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
                        stride_mt, stride_mh, stride_lt, stride_lh,
                        D_HALF: gl.constexpr, D_ROPE: gl.constexpr, BLOCK_H: gl.constexpr,
                        BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
-                       HAS_SINK: gl.constexpr):
+                       HAS_SINK: gl.constexpr, D_SOFT: gl.constexpr):
+    # this warpgroup's output columns: O[:, :D_SOFT] (D_SOFT <= D_HALF; the PV warpgroup the rest)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, D_HALF, 16])
+                                                       instr_shape=[16, D_SOFT, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
@@ -211,7 +214,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
     offs_n = gl.arange(0, BLOCK_N, layout=col_s)
     offs_h_s = gl.arange(0, BLOCK_H, layout=row_s)
     offs_h_o = gl.arange(0, BLOCK_H, layout=row_o)
-    offs_d = gl.arange(0, D_HALF, layout=col_o)
+    offs_d = gl.arange(0, D_SOFT, layout=col_o)
     it = 0
     msg = 0
     rq = 0
@@ -225,7 +228,7 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
         fence_async_shared()  # cp.async (generic proxy) wrote Q; wgmma reads it (async proxy)
         m_i = gl.full([BLOCK_H], MAX_SENTINEL, gl.float32, layout=row_s)
         l_i = gl.zeros([BLOCK_H], gl.float32, layout=row_s)
-        acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        acc = gl.zeros([BLOCK_H, D_SOFT], gl.float32, layout=o_layout)
         t = 0
         while t < n_tiles:
             s = it % STAGES
@@ -255,6 +258,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, p_s, a_s, q_ready, q_free, k_ready,
             mbarrier.arrive(p_ready, count=1)
             msg += 1
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            if D_SOFT < D_HALF:
+                k0 = k0.slice(0, D_SOFT, dim=1)
             acc = warpgroup_mma(gl.convert_layout(p16, p_layout), k0, acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(k_free.index(s), count=1)
@@ -282,13 +287,22 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
                   topk_length_ptr, out_ptr, h_q, topk, n_hb, n_items,
                   stride_tl, stride_ot, stride_oh,
                   D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
-                  STAGES: gl.constexpr, HAS_TOPK_LEN: gl.constexpr):
+                  STAGES: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, D_SOFT: gl.constexpr):
+    # this warpgroup's output columns: O[:, D_SOFT:], as the right half V[:, 256:] (acc) plus,
+    # when D_SOFT < D_HALF, the rest of the left half V[:, D_SOFT:256] (acc2)
+    D_EXTRA: gl.constexpr = D_HALF - D_SOFT
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, D_HALF, 16])
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     col_o: gl.constexpr = gl.SliceLayout(0, o_layout)
     offs_h_o = gl.arange(0, BLOCK_H, layout=row_o)
     offs_d = D_HALF + gl.arange(0, D_HALF, layout=col_o)
+    EW: gl.constexpr = D_EXTRA if D_EXTRA > 0 else 16
+    o2_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, EW, 16])
+    row_o2: gl.constexpr = gl.SliceLayout(1, o2_layout)
+    offs_d2 = D_SOFT + gl.arange(0, EW, layout=gl.SliceLayout(0, o2_layout))
+    offs_h_o2 = gl.arange(0, BLOCK_H, layout=row_o2)
     it = 0
     msg = 0
     item = gl.program_id(0)
@@ -296,6 +310,8 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
         tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
                                           HAS_TOPK_LEN, BLOCK_N)
         acc = gl.zeros([BLOCK_H, D_HALF], gl.float32, layout=o_layout)
+        if D_EXTRA > 0:
+            acc2 = gl.zeros([BLOCK_H, EW], gl.float32, layout=o2_layout)
         t = 0
         while t < n_tiles:
             s = it % STAGES
@@ -304,8 +320,15 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
             fence_async_shared()
             alpha = a_s.load(row_o)
             acc = acc * gl.expand_dims(alpha, 1)
+            if D_EXTRA > 0:
+                acc2 = acc2 * gl.expand_dims(a_s.load(row_o2), 1)
+                acc2 = warpgroup_mma(p_s, k_s.index(2 * s).slice(D_SOFT, EW, dim=1), acc2,
+                                     is_async=True)
             acc = warpgroup_mma(p_s, k_s.index(2 * s + 1), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            if D_EXTRA > 0:
+                acc, acc2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, acc2))
+            else:
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(p_free, count=1)
             mbarrier.arrive(k_free.index(s), count=1)
             msg += 1
@@ -313,10 +336,15 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free,
             t += 1
         mbarrier.wait(p_ready, msg & 1)
         mult = a_s.load(row_o)
+        if D_EXTRA > 0:
+            mult2 = a_s.load(row_o2)
         mbarrier.arrive(p_free, count=1)
         msg += 1
         _store_out(acc, mult, out_ptr, tok, hb, offs_h_o, h_q, offs_d, stride_ot, stride_oh,
                    BLOCK_H)
+        if D_EXTRA > 0:
+            _store_out(acc2, mult2, out_ptr, tok, hb, offs_h_o2, h_q, offs_d2, stride_ot,
+                       stride_oh, BLOCK_H)
         item += gl.num_programs(0)
 
 
@@ -338,6 +366,7 @@ def _sparse_prefill_gluon_kernel(
     HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     PV_REGS: gl.constexpr, LOAD_REGS: gl.constexpr, LOAD_WARPS: gl.constexpr,
     EVICT_LAST: gl.constexpr,  # evict_last hint on the KV gathers (rows are shared by tokens)
+    D_SOFT: gl.constexpr = 256,  # output columns of the softmax warpgroup (the PV one the rest)
 ):
     dtype: gl.constexpr = kv_ptr.dtype.element_ty
     half_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D_HALF], dtype)
@@ -376,10 +405,10 @@ def _sparse_prefill_gluon_kernel(
                               max_logits_ptr, lse_ptr, scale_log2, s_kv, h_q, topk, n_hb,
                               n_items, stride_it, stride_tl, stride_sink, stride_ot, stride_oh,
                               stride_mt, stride_mh, stride_lt, stride_lh, D_HALF, D_ROPE,
-                              BLOCK_H, BLOCK_N, STAGES, HAS_TOPK_LEN, HAS_SINK)),
+                              BLOCK_H, BLOCK_N, STAGES, HAS_TOPK_LEN, HAS_SINK, D_SOFT)),
         (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_length_ptr,
                          out_ptr, h_q, topk, n_hb, n_items, stride_tl, stride_ot, stride_oh,
-                         D_HALF, BLOCK_H, BLOCK_N, STAGES, HAS_TOPK_LEN)),
+                         D_HALF, BLOCK_H, BLOCK_N, STAGES, HAS_TOPK_LEN, D_SOFT)),
         (_load_partition, (q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free, q_ptr,
                            kv_ptr, indices_ptr, topk_length_ptr, s_kv, h_q, topk, n_hb, n_items,
                            stride_qt, stride_qh, stride_kvs, stride_it, stride_tl, D_HALF,

@@ -15,10 +15,16 @@ BLOCK_H = 64  # query heads per work item: one wgmma M tile (h_q not a multiple:
 BLOCK_N = 64  # index slots per key tile
 STAGES = 2  # key-tile ring: Q (72 KiB) + 2 x K (72 KiB) + P (8 KiB) fill 227 KiB at d_qk 576
 LOAD_WARPS = 4  # gathering warps: 16 rows of each 64-row tile per warp
-# setmaxnreg of the PV warpgroup and of the gather warps (the softmax warpgroup keeps 256):
-# 128 x (256 + 160 + 96) = 64K registers; ptxas reports no spill at these (96 gather registers
-# hold the tile's 16 row addresses per thread; 80 spilled)
-PV_REGS = 160
+# Output columns of the softmax warpgroup (the PV warpgroup has the other 384): the softmax
+# warpgroup's chain (S, exponentials, its P·V) sets the pace, so a quarter of O rather than a
+# half takes a P·V off it. H200, events µs, two alternating runs: h_q=128 d_qk=576 4759.6 /
+# 4818.4 against 4837.6 / 4862.8 with 256; h_q=64 and d_qk=512 unchanged.
+SOFT_COLS = 128
+# setmaxnreg of the PV warpgroup (its 64x384 fp32 accumulators: 192) and of the gather warps;
+# the softmax warpgroup keeps the rest: 128 x (184 + 232 + 96) = 64K registers; ptxas reports
+# no spill at these (96 gather registers hold the tile's 16 row addresses per thread; 80
+# spilled)
+PV_REGS = 232
 LOAD_REGS = 96
 # The seesaw kernel (gluon_seesaw_kernel.py, d_qk 576) for one block of heads a token
 # (h_q <= 64): two peer warpgroups at 216 registers (the default partition keeps what is left:
@@ -107,9 +113,12 @@ def sparse_prefill_gluon_kernel(q, kv, indices, attn_sink, topk_length, sm_scale
         return out, max_logits, lse
     if load_warps == 4:
         pv_regs, load_regs = PV_REGS, LOAD_REGS
-    else:  # variants for a sweep: 128 x (256 + pv) + 32 x load_warps x load <= 64K
+    else:  # variants for a sweep: 128 x (softmax + pv) + 32 x load_warps x load <= 64K
         pv_regs = PV_REGS
-        load_regs = min((65536 - 128 * (256 + pv_regs)) // (32 * load_warps) // 8 * 8, 256)
+        softmax_regs = 512 - PV_REGS - LOAD_REGS  # what the softmax warpgroup keeps at 4 warps
+        load_regs = min((65536 - 128 * (softmax_regs + pv_regs)) // (32 * load_warps) // 8 * 8,
+                        256)
     _sparse_prefill_gluon_kernel[grid](*args, STAGES=stages, PV_REGS=pv_regs,
-                                       LOAD_REGS=load_regs, LOAD_WARPS=load_warps, **common)
+                                       LOAD_REGS=load_regs, LOAD_WARPS=load_warps,
+                                       D_SOFT=SOFT_COLS, **common)
     return out, max_logits, lse
