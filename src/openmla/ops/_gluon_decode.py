@@ -88,17 +88,23 @@ def ml_store(ml_s, ml2_s, ph, k: gl.constexpr, BLOCK_H: gl.constexpr, v):
 
 
 @gluon.jit
+def _softmax_rows(sc, m_i, l_i):
+    """One online-softmax step over the rows of ``sc`` (base 2, scaled and masked scores):
+    the new running max, the new row sums, the old sums' rescale factor and P (fp32)."""
+    m_new = gl.maximum(m_i, gl.max(sc, axis=1))
+    p = gl.exp2(sc - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    return m_new, l_i * alpha + gl.sum(p, axis=1), alpha, p
+
+
+@gluon.jit
 def seesaw_softmax0(sc, m_i, l_i, kr_s, z, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr,
                     BLOCK_N: gl.constexpr):
     """Warpgroup 0 of a seesaw pair in the sparse-prefill kernel's order: the online softmax of
     the scaled, masked scores ``sc`` of B0 (base 2), then P0 (into B0's RoPE buffer), m0 and l0
     published to warpgroup 1 (``p_bar`` 0), which reads P0 back (``seesaw_p0_at_m1``). Returns
     m0, l0, the rescale factor of O and P0 in bf16."""
-    m_new = gl.maximum(m_i, gl.max(sc, axis=1))
-    p = gl.exp2(sc - gl.expand_dims(m_new, 1))
-    alpha = gl.exp2(m_i - m_new)
-    l_i = l_i * alpha + gl.sum(p, axis=1)
-    m_i = m_new
+    m_i, l_i, alpha, p = _softmax_rows(sc, m_i, l_i)
     p16 = p.to(kr_s.dtype)
     p_in_rope_slot(kr_s, z, BLOCK_H, BLOCK_N).store(p16)
     ml_store(ml_s, ml2_s, ph, 0, BLOCK_H, m_i)
@@ -114,19 +120,16 @@ def seesaw_softmax0_kept(sc, m_i, l_i, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.const
     the scaled, masked scores ``sc`` of B0 (base 2); m0 and l0 published to warpgroup 1
     (``p_bar`` 0). Returns m0, l0, the rescale factor of O and P0 in fp32 (kept until warpgroup
     1's max is known: ``seesaw_store_p0_at_m1``)."""
-    m_new = gl.maximum(m_i, gl.max(sc, axis=1))
-    p = gl.exp2(sc - gl.expand_dims(m_new, 1))
-    alpha = gl.exp2(m_i - m_new)
-    l_i = l_i * alpha + gl.sum(p, axis=1)
-    ml_store(ml_s, ml2_s, ph, 0, BLOCK_H, m_new)
+    m_i, l_i, alpha, p = _softmax_rows(sc, m_i, l_i)
+    ml_store(ml_s, ml2_s, ph, 0, BLOCK_H, m_i)
     ml_store(ml_s, ml2_s, ph, 1, BLOCK_H, l_i)
     mbarrier.arrive(p_bar.index(0), count=1)
-    return m_new, l_i, alpha, p
+    return m_i, l_i, alpha, p
 
 
 @gluon.jit
 def seesaw_store_p0_at_m1(p, m0, kr_s, z, ml_s, ml2_s, ph, p_bar, BLOCK_H: gl.constexpr,
-                    BLOCK_N: gl.constexpr, row_layout: gl.constexpr):
+                          BLOCK_N: gl.constexpr, row_layout: gl.constexpr):
     """Warpgroup 0, once warpgroup 1 has published m1 and l1 (``p_bar`` 1): P0 brought to m1
     (P0 · exp2(m0 − m1), rounded to bf16 as P1 is) into B0's RoPE buffer for warpgroup 1's
     P0 · V0_R (``p_bar`` 2). Returns m1, l1 and exp2(m0 − m1), O_L's rescale factor."""

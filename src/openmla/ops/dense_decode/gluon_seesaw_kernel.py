@@ -84,21 +84,6 @@ def _tile_row(bt_row, t, PAGE_SIZE: gl.constexpr, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
-def _scores0(q_s, qr_s, k_s, kr_s, k_ready, z, ph, s_layout: gl.constexpr,
-             BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr):
-    """S0 = Q·K0ᵀ (warpgroup 0), its pieces in the order they come back: L, R, E."""
-    sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
-    mbarrier.wait(k_ready.index(PIECE_L), ph)
-    sc = warpgroup_mma(q_s.index(z), k_s.index(z).permute((1, 0)), sc, use_acc=False,
-                       is_async=True)
-    mbarrier.wait(k_ready.index(PIECE_R), ph)
-    sc = warpgroup_mma(q_s.index(1 + z), k_s.index(1 + z).permute((1, 0)), sc, is_async=True)
-    mbarrier.wait(k_ready.index(PIECE_E), ph)
-    sc = warpgroup_mma(qr_s, kr_s.index(z).permute((1, 0)), sc, is_async=True)
-    return warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-
-
-@gluon.jit
 def _seesaw_load(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
                  q_ready, q_free, k_ready, k_free,
                  block_table_ptr, seqlens_ptr, meta_ptr, s_q, h_q, stride_bt,
@@ -218,10 +203,18 @@ def _seesaw_peer(q_s, qr_s, k_s, kr_s, p1_s, ml_s, ml2_s, q_ready, q_free, k_rea
             key0_0 = t0 * BLOCK_N  # B0's keys
             key0_1 = gl.minimum(t0 + 1, t_hi - 1) * BLOCK_N  # the rows B1 holds
             # --- S of this warpgroup's tile (stage WG), pieces in the order they come back
+            sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
             if WG == 0:
-                sc = _scores0(q_s, qr_s, k_s, kr_s, k_ready, z, ph, s_layout, BLOCK_H, BLOCK_N)
+                mbarrier.wait(k_ready.index(PIECE_L), ph)
+                sc = warpgroup_mma(q_s.index(z), k_s.index(z).permute((1, 0)), sc,
+                                   use_acc=False, is_async=True)
+                mbarrier.wait(k_ready.index(PIECE_R), ph)
+                sc = warpgroup_mma(q_s.index(1 + z), k_s.index(1 + z).permute((1, 0)), sc,
+                                   is_async=True)
+                mbarrier.wait(k_ready.index(PIECE_E), ph)
+                sc = warpgroup_mma(qr_s, kr_s.index(z).permute((1, 0)), sc, is_async=True)
+                sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
             else:
-                sc = gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=s_layout)
                 mbarrier.wait(k_ready.index(3 + PIECE_E), ph)
                 sc = warpgroup_mma(qr_s, kr_s.index(1 + z).permute((1, 0)), sc, use_acc=False,
                                    is_async=True)
