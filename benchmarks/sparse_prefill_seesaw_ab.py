@@ -1,7 +1,7 @@
 """Sparse prefill on Hopper: the seesaw kernel (``gluon_seesaw_kernel.py``, OPENMLA_SP_SEESAW=1)
 against the default kernel. Correctness of the seesaw kernel first (float32 reference,
 NaN-filled outputs, bitwise run to run), then both timed in alternating rounds (events, L2
-flushed before each call).
+flushed before each call; AB_ROUNDS rounds, 4 unless set).
 
     PYTHONPATH=src python benchmarks/sparse_prefill_seesaw_ab.py [--time-only] [--check-env=K=V,...]
         [--variants=default,seesaw,default_item_grid,seesaw_item_grid,seesaw_evict_last]
@@ -72,7 +72,7 @@ def time_ab(names):
                                          device="cuda", seed=0)
         kw = gen.public_kwargs(case)
         t = {name: [] for name in names}
-        for _ in range(4):
+        for _ in range(int(os.environ.get("AB_ROUNDS", "4"))):
             for name in names:
                 flag, grid_ctas, evict_last, *env = VARIANTS[name]
                 os.environ[ENV] = flag

@@ -26,25 +26,21 @@ SOFT_COLS = 128
 # spilled)
 PV_REGS = 232
 LOAD_REGS = 96
-# The seesaw kernel (gluon_seesaw_kernel.py, d_qk 576) for one block of heads a token
-# (h_q <= 64): two peer warpgroups at 216 registers (the default partition keeps what is left:
-# 216) and the gather's 80, no spill. H200, s_q=4096 s_kv=32768 topk=2048, events µs: h_q=64
-# 2600.8 against 2708.6 for the default kernel; at h_q=128 (two head blocks a token) it lost,
-# 5078.7 against 4811.3. OPENMLA_SP_SEESAW=0 / 1 forces the choice at d_qk 576.
+# The seesaw kernel (gluon_seesaw_kernel.py, d_qk 576): two peer warpgroups at 216 registers (the
+# default partition keeps what is left) and the gather's 80, no spill. It was the default at one
+# block of heads a token (h_q <= 64) while the gathers issued 3x the instructions they do now;
+# with the four-row gather layout (gluon_kernel.gather_layout) the default kernel is ahead
+# everywhere (H200, s_q=4096 s_kv=32768 topk=2048, events µs: h_q=64 2269.8 against 2374.5,
+# h_q=128 4439.0 against 4548.4), so it runs only when OPENMLA_SP_SEESAW=1 forces it (d_qk 576).
 SEESAW_ENV = "OPENMLA_SP_SEESAW"
 SEESAW_PEER_REGS = 216
 SEESAW_LOAD_REGS = 80
 
 
-def use_seesaw(d_qk: int, n_hb: int) -> bool:
-    """Whether a launch takes the seesaw kernel: d_qk 576 and one head block a token, unless
-    OPENMLA_SP_SEESAW forces it either way (d_qk 576 only)."""
-    if d_qk != D_V + 64:
-        return False
-    forced = os.environ.get(SEESAW_ENV)
-    if forced in ("0", "1"):
-        return forced == "1"
-    return n_hb == 1
+def use_seesaw(d_qk: int) -> bool:
+    """Whether a launch takes the seesaw kernel: only when OPENMLA_SP_SEESAW=1 asks for it, and
+    at d_qk 576."""
+    return d_qk == D_V + 64 and os.environ.get(SEESAW_ENV) == "1"
 
 
 ALIGN = 16  # cp.async copies 16-byte pieces: bases and row strides must be 16-byte aligned
@@ -104,7 +100,7 @@ def sparse_prefill_gluon_kernel(q, kv, indices, attn_sink, topk_length, sm_scale
     common = dict(D_HALF=D_V // 2, D_ROPE=d_qk - D_V, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N,
                   HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
                   EVICT_LAST=bool(evict_last), num_warps=4)
-    if use_seesaw(d_qk, n_hb):  # two key stages and 4 gather warps, whatever was asked
+    if use_seesaw(d_qk):  # two key stages and 4 gather warps, whatever was asked
         from .gluon_seesaw_kernel import _sparse_prefill_seesaw_kernel
 
         _sparse_prefill_seesaw_kernel[grid](*args, PEER_REGS=SEESAW_PEER_REGS,

@@ -25,7 +25,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .._gluon_decode import ml_load, seesaw_p0_at_m1, seesaw_softmax0, seesaw_softmax1
 from .gluon_kernel import (MAX_SENTINEL, _gather_q, _gather_rows, _item, _item_multiplier,
-                           _store_out, _store_stats)
+                           _store_out, _store_stats, gather_layout)
 
 PIECE_L = gl.constexpr(0)
 PIECE_R = gl.constexpr(1)
@@ -55,12 +55,9 @@ def _seesaw_gather(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
                    D_HALF: gl.constexpr, D_ROPE: gl.constexpr, BLOCK_H: gl.constexpr,
                    BLOCK_N: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
                    LOAD_WARPS: gl.constexpr, EVICT_LAST: gl.constexpr):
-    half_l: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [LOAD_WARPS, 1], [1, 0])
-    rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [LOAD_WARPS, 1], [1, 0])
-    offs_n_h = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, half_l))
-    offs_n_r = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rope_l))
-    offs_qh_h = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, half_l))
-    offs_qh_r = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, rope_l))
+    rows_l: gl.constexpr = gather_layout(LOAD_WARPS)
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, rows_l))
+    offs_qh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, rows_l))
     pc = 0
     rq = 0
     item = gl.program_id(0)
@@ -68,38 +65,33 @@ def _seesaw_gather(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
         tok, hb, n_slots, n_tiles = _item(item, n_hb, topk, topk_length_ptr, stride_tl,
                                           HAS_TOPK_LEN, BLOCK_N)
         tok64 = tok.to(gl.int64)
-        _gather_q(q_s, qr_s, q_ptr, tok64, hb, h_q, stride_qt, stride_qh, offs_qh_h, offs_qh_r,
-                  q_ready, q_free, rq, D_HALF, D_ROPE, BLOCK_H, half_l, rope_l)
+        _gather_q(q_s, qr_s, q_ptr, tok64, hb, h_q, stride_qt, stride_qh, offs_qh, q_ready,
+                  q_free, rq, D_HALF, D_ROPE, BLOCK_H, rows_l)
         idx_row = indices_ptr + tok64 * stride_it
         n_pairs = (n_tiles + 1) // 2
         j = 0
         while j < n_pairs:
             ph = pc & 1
-            t0 = 2 * j
             # the indices of both tiles first (their latency hides behind the waits); B1 past
             # the item's last tile lists no slot: zero-filled, never read from memory
-            s0_h = t0 * BLOCK_N + offs_n_h
-            s0_r = t0 * BLOCK_N + offs_n_r
-            i0_h = gl.load(idx_row + s0_h, mask=s0_h < n_slots, other=-1)
-            i0_r = gl.load(idx_row + s0_r, mask=s0_r < n_slots, other=-1)
-            i1_h = gl.load(idx_row + s0_h + BLOCK_N, mask=s0_h + BLOCK_N < n_slots, other=-1)
-            i1_r = gl.load(idx_row + s0_r + BLOCK_N, mask=s0_r + BLOCK_N < n_slots, other=-1)
+            s0 = 2 * j * BLOCK_N + offs_n
+            off0, ok0 = _row_offsets(gl.load(idx_row + s0, mask=s0 < n_slots, other=-1), s_kv,
+                                     stride_kvs)
+            s1 = s0 + BLOCK_N
+            off1, ok1 = _row_offsets(gl.load(idx_row + s1, mask=s1 < n_slots, other=-1), s_kv,
+                                     stride_kvs)
             # in the order the pieces come back: E1, L0, R0, E0, R1, L1
-            off, ok = _row_offsets(i1_r, s_kv, stride_kvs)
-            _gather_piece(kr_s.index(1), kv_ptr, off, ok, 2 * D_HALF, D_ROPE, rope_l,
+            _gather_piece(kr_s.index(1), kv_ptr, off1, ok1, 2 * D_HALF, D_ROPE, rows_l,
                           k_ready.index(3 + PIECE_E), k_free.index(3 + PIECE_E), ph, EVICT_LAST)
-            off, ok = _row_offsets(i0_h, s_kv, stride_kvs)
-            _gather_piece(k_s.index(0), kv_ptr, off, ok, 0, D_HALF, half_l,
+            _gather_piece(k_s.index(0), kv_ptr, off0, ok0, 0, D_HALF, rows_l,
                           k_ready.index(PIECE_L), k_free.index(PIECE_L), ph, EVICT_LAST)
-            _gather_piece(k_s.index(1), kv_ptr, off, ok, D_HALF, D_HALF, half_l,
+            _gather_piece(k_s.index(1), kv_ptr, off0, ok0, D_HALF, D_HALF, rows_l,
                           k_ready.index(PIECE_R), k_free.index(PIECE_R), ph, EVICT_LAST)
-            off, ok = _row_offsets(i0_r, s_kv, stride_kvs)
-            _gather_piece(kr_s.index(0), kv_ptr, off, ok, 2 * D_HALF, D_ROPE, rope_l,
+            _gather_piece(kr_s.index(0), kv_ptr, off0, ok0, 2 * D_HALF, D_ROPE, rows_l,
                           k_ready.index(PIECE_E), k_free.index(PIECE_E), ph, EVICT_LAST)
-            off, ok = _row_offsets(i1_h, s_kv, stride_kvs)
-            _gather_piece(k_s.index(3), kv_ptr, off, ok, D_HALF, D_HALF, half_l,
+            _gather_piece(k_s.index(3), kv_ptr, off1, ok1, D_HALF, D_HALF, rows_l,
                           k_ready.index(3 + PIECE_R), k_free.index(3 + PIECE_R), ph, EVICT_LAST)
-            _gather_piece(k_s.index(2), kv_ptr, off, ok, 0, D_HALF, half_l,
+            _gather_piece(k_s.index(2), kv_ptr, off1, ok1, 0, D_HALF, rows_l,
                           k_ready.index(3 + PIECE_L), k_free.index(3 + PIECE_L), ph, EVICT_LAST)
             pc += 1
             j += 1
