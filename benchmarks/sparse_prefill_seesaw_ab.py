@@ -4,7 +4,8 @@ NaN-filled outputs, bitwise run to run), then both timed in alternating rounds (
 flushed before each call; AB_ROUNDS rounds, 4 unless set).
 
     PYTHONPATH=src python benchmarks/sparse_prefill_seesaw_ab.py [--time-only] [--check-env=K=V,...]
-        [--variants=default,seesaw,default_item_grid,seesaw_item_grid,seesaw_evict_last]
+        [--variants=default,seesaw,default_item_grid,seesaw_item_grid,seesaw_evict_last,
+                    default_evict_last]
 """
 import os
 import sys
@@ -49,7 +50,7 @@ def check(env=None):
 # evict-last cache hint on the gathers)
 VARIANTS = {"default": ("0", 0, False), "seesaw": ("1", 0, False),
             "default_item_grid": ("0", -1, False), "seesaw_item_grid": ("1", -1, False),
-            "seesaw_evict_last": ("1", 0, True)}
+            "seesaw_evict_last": ("1", 0, True), "default_evict_last": ("0", 0, True)}
 VARIANT_ENV = ()  # variables a variant may set (a 4th element: {name: value})
 
 
