@@ -222,3 +222,36 @@ def test_round_row_and_table(capsys):
     print_round_table([row, round_row("b=2", "w", [5.0], 1e12, 400.0)])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
     assert len(lines) == 3 and lines[1].startswith("b=1") and lines[2].startswith("b=2")
+
+
+def test_bench_pads_heads_for_flash_mla_sparse_prefill(monkeypatch):
+    """The h_q=16 sparse-prefill row times FlashMLA on the same data with q and the sinks
+    zero-padded to 64 heads (it takes multiples of 64); openmla runs the 16 heads natively, and
+    the row's FLOPs are those of the 16 real heads."""
+    import types
+
+    from openmla.testing import bench as B
+
+    seen = {}
+
+    def fake_fwd(**kw):
+        seen.update(kw)
+        return None
+
+    monkeypatch.setattr(B, "_flash_mla_module",
+                        lambda: types.SimpleNamespace(flash_mla_sparse_fwd=fake_fwd))
+    case = B._sparse_prefill_case(4, 64, 16, 32, d_qk=576, pad_flash_mla_to=64)
+    assert "padded to 64 heads" in case.config
+    work = case.build(torch.device("cpu"), ("openmla", "flash_mla"))
+    work.calls["flash_mla"]()
+    q, sink = seen["q"], seen["attn_sink"]
+    assert q.shape[1] == 64 and sink.shape == (64,)
+    assert bool((q[:, 16:] == 0).all()) and bool((sink[16:] == 0).all())
+    same = B.G.sparse_prefill_inputs(4, 64, 16, 32, d_qk=576, with_attn_sink=True,
+                                     device="cpu")
+    assert torch.equal(q[:, :16], same["q"]) and torch.equal(sink[:16], same["attn_sink"])
+    unpadded = B._sparse_prefill_case(4, 64, 16, 32, d_qk=576).build(torch.device("cpu"),
+                                                                     ("openmla",))
+    assert work.flops == unpadded.flops
+    out = work.calls["openmla"]()
+    assert out[0].shape[1] == 16

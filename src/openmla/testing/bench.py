@@ -469,9 +469,15 @@ def _sparse_decode_case(b: int, s_q: int, h_q: int, s_k: int, topk: int, d_qk: i
 
 
 def _sparse_prefill_case(s_q: int, s_kv: int, h_q: int, topk: int, d_qk: int = 576,
-                         with_attn_sink: bool = True) -> BenchCase:
+                         with_attn_sink: bool = True,
+                         pad_flash_mla_to: int | None = None) -> BenchCase:
+    """``pad_flash_mla_to``: FlashMLA takes multiples of 64 heads, so it is timed on the same
+    data with ``q`` (and the sinks) zero-padded to that many heads, as an engine would call it;
+    the row's FLOPs stay those of the ``h_q`` real heads."""
     config = f"s_q={s_q} s_kv={s_kv} h_q={h_q} topk={topk} d_qk={d_qk}" + (
         " sink" if with_attn_sink else "")
+    if pad_flash_mla_to is not None:
+        config += f" (flash_mla: padded to {pad_flash_mla_to} heads)"
 
     def build(device: torch.device, providers: Sequence[str]) -> Workload:
         case = G.sparse_prefill_inputs(s_q, s_kv, h_q, topk, d_qk=d_qk,
@@ -479,11 +485,27 @@ def _sparse_prefill_case(s_q: int, s_kv: int, h_q: int, topk: int, d_qk: int = 5
         kw = G.public_kwargs(case)
         idx = kw["indices"]
         n_valid = int(((idx >= 0) & (idx < s_kv)).sum())
-        calls = {name: (lambda mod=mod: mod.flash_mla_sparse_fwd(**kw))
-                 for name, mod in _provider_modules(providers).items()}
+        calls = {}
+        for name, mod in _provider_modules(providers).items():
+            args = kw
+            if name == "flash_mla" and pad_flash_mla_to is not None:
+                args = _pad_heads(kw, pad_flash_mla_to)
+            calls[name] = lambda mod=mod, args=args: mod.flash_mla_sparse_fwd(**args)
         return Workload(calls, F.sparse_prefill_flops(s_q, h_q, d_qk, kw["d_v"], topk=topk),
                         F.sparse_prefill_bytes(n_valid, s_q, h_q, d_qk, kw["d_v"]))
     return BenchCase("sparse_prefill", config, build)
+
+
+def _pad_heads(kw: dict[str, Any], heads: int) -> dict[str, Any]:
+    """Sparse-prefill arguments with ``q`` and ``attn_sink`` zero-padded to ``heads`` heads."""
+    q = kw["q"]
+    q_pad = q.new_zeros(q.shape[0], heads, q.shape[2])
+    q_pad[:, :q.shape[1]] = q
+    out = dict(kw, q=q_pad)
+    if kw.get("attn_sink") is not None:
+        sink = kw["attn_sink"]
+        out["attn_sink"] = torch.cat([sink, sink.new_zeros(heads - sink.shape[0])])
+    return out
 
 
 def _mha_config(shape: str, h: int, d: int, dv: int, causal: bool, backward: bool) -> str:
@@ -624,6 +646,8 @@ def gpu_cases() -> list[BenchCase]:
     p_s_q, p_s_kv, p_topk = 4096, 32768, 2048
     cases += [_sparse_prefill_case(p_s_q, p_s_kv, h_q, p_topk, d_qk=576) for h_q in (128, 64)]
     cases.append(_sparse_prefill_case(p_s_q, p_s_kv, 128, p_topk, d_qk=512))
+    # a tensor-parallel shard: 16 heads natively, FlashMLA on the same data padded to 64
+    cases.append(_sparse_prefill_case(p_s_q, p_s_kv, 16, p_topk, d_qk=576, pad_flash_mla_to=64))
     mha_b, mha_s = 4, 4096
     # issue 6's bars: (192, 128), causal and not, 16 and 128 heads, forward and forward+backward
     cases += [_mha_case(mha_b, mha_s, h, 192, 128, causal=causal, backward=bwd)
