@@ -7,8 +7,8 @@ the same time and share the gathered rows in L2) through three partitions that h
 shared memory:
 
 * gather (LOAD_WARPS warps): reads the 64 indices of a tile and copies the rows they name with
-  ``cp.async`` (16-byte pieces, one 512-byte half-row per warp instruction) into a ring of STAGES
-  NVMMA-swizzled key buffers — two 256-wide halves plus the 64-wide RoPE part for d_qk 576.
+  ``cp.async`` (16-byte pieces; a warp instruction copies the 128-byte pieces of four rows,
+  ``gather_layout``) into a ring of STAGES NVMMA-swizzled key buffers — two 256-wide halves plus the 64-wide RoPE part for d_qk 576.
   Invalid slots (index < 0 or >= s_kv, or slot >= topk_length) are predicated off, so their rows
   are zero-filled and never read from memory; completion is signalled by per-thread
   ``cp.async.mbarrier.arrive`` on the stage's barrier. The item's query rows come the same way
