@@ -4,9 +4,45 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
+    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
+
+
+@gluon.jit
+def handoff_barriers(STAGES: gl.constexpr, Q_ARRIVALS: gl.constexpr,
+                     K_ARRIVALS: gl.constexpr):
+    """The barriers of the two-warpgroup kernels (a softmax and a P·V warpgroup fed by a
+    loader): Q landed / Q free, P published / P free, and per ring stage key tile landed / key
+    tile free (both warpgroups release it). ``Q_ARRIVALS`` / ``K_ARRIVALS``: the arrivals that
+    complete a landing (1 for a TMA load with its byte count, a thread count for cp.async)."""
+    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_ready, count=Q_ARRIVALS)
+    mbarrier.init(q_free, count=1)
+    mbarrier.init(p_ready, count=1)
+    mbarrier.init(p_free, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=K_ARRIVALS)
+        mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
+    return q_ready, q_free, p_ready, p_free, k_ready, k_free
+
+
+@gluon.jit
+def load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF: gl.constexpr):
+    """TMA copy of request number ``rq``'s Q rows (two NoPE halves and the RoPE part) once the
+    previous request's Q has been released."""
+    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
+    mbarrier.wait(q_free, (rq & 1) ^ 1)
+    mbarrier.expect(q_ready, q_bytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
+    tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
+    tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
 
 
 @gluon.jit

@@ -31,7 +31,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .._gluon_decode import issue_scores, swapped_softmax_step
+from .._gluon_decode import handoff_barriers, issue_scores, load_q, swapped_softmax_step
 from ..schedule.gluon import schedule_part
 
 LN2 = gl.constexpr(0.6931471805599453)
@@ -139,7 +139,6 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
     rows = s_q * h_q
     begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
         meta_ptr, pid_part, META_COLS)
-    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
     k_bytes: gl.constexpr = 2 * k_desc.block_type.nbytes + kr_desc.block_type.nbytes
     it = 0
     rq = 0
@@ -153,11 +152,7 @@ def _load_partition(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
             BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
         q_row = r * rows + pid_row * BLOCK_H
         _trace(progress_ptr, 0, r, it, rq, 1, TRACE)
-        mbarrier.wait(q_free, (rq & 1) ^ 1)
-        mbarrier.expect(q_ready, q_bytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
-        tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
-        tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
+        load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF)
         bt_row = block_table_ptr + r.to(gl.int64) * stride_bt
         for t in range(t_lo, t_hi):
             s = it % STAGES
@@ -471,19 +466,7 @@ def _dense_decode_gluon_kernel(
         p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
     a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_ready, count=1)
-    mbarrier.init(q_free, count=1)
-    mbarrier.init(p_ready, count=1)
-    mbarrier.init(p_free, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
+    q_ready, q_free, p_ready, p_free, k_ready, k_free = handoff_barriers(STAGES, 1, 1)
     fence_async_shared()
 
     # (argument tuples written out in each call: a tuple held in a variable loses the

@@ -42,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .._gluon_decode import (p_in_rope_slot, seesaw_softmax0_kept, seesaw_softmax1,
+from .._gluon_decode import (load_q, p_in_rope_slot, seesaw_softmax0_kept, seesaw_softmax1,
                              seesaw_store_p0_at_m1)
 from ..schedule.gluon import schedule_part
 from .gluon_kernel import MAX_SENTINEL, _request_blocks, _store_half, _zero_tail
@@ -95,7 +95,6 @@ def _seesaw_load(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
     rows = s_q * h_q
     begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
         meta_ptr, pid_part, META_COLS)
-    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
     pc = 0
     rq = 0
     r = begin_req
@@ -104,11 +103,7 @@ def _seesaw_load(q_desc, qr_desc, k_desc, kr_desc, q_s, qr_s, k_s, kr_s,
             seqlens_ptr, r, line_pos, part_lo, part_hi, pid_row, rows, s_q, h_q,
             BLOCK_H, BLOCK_N, SCHED_N, OVERHEAD, CAUSAL)
         q_row = r * rows + pid_row * BLOCK_H
-        mbarrier.wait(q_free, (rq & 1) ^ 1)
-        mbarrier.expect(q_ready, q_bytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
-        tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
-        tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
+        load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF)
         bt_row = block_table_ptr + r.to(gl.int64) * stride_bt
         n_pairs = (gl.maximum(t_hi - t_lo, 0) + 1) // 2
         j = 0

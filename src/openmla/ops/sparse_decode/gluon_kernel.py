@@ -34,12 +34,11 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
-    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
 
-from .._gluon_decode import issue_scores, swapped_softmax_step
+from .._gluon_decode import handoff_barriers, issue_scores, load_q, swapped_softmax_step
 from ..schedule.gluon import schedule_part
 
 LN2 = gl.constexpr(0.6931471805599453)
@@ -124,18 +123,6 @@ def _dequant_store(raw, scale, dst):
 
 
 @gluon.jit
-def _load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF: gl.constexpr):
-    """TMA copy of request number ``rq``'s Q rows (two NoPE halves and the RoPE part) once the
-    previous request's Q has been released."""
-    q_bytes: gl.constexpr = 2 * q_desc.block_type.nbytes + qr_desc.block_type.nbytes
-    mbarrier.wait(q_free, (rq & 1) ^ 1)
-    mbarrier.expect(q_ready, q_bytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_ready, q_s.index(0))
-    tma.async_copy_global_to_shared(q_desc, [q_row, D_HALF], q_ready, q_s.index(1))
-    tma.async_copy_global_to_shared(qr_desc, [q_row, 2 * D_HALF], q_ready, qr_s)
-
-
-@gluon.jit
 def _token_rows(idx, slots, length, num_tokens, stride_kp, PAGE_SIZE: gl.constexpr):
     """Which index slots are valid (inside the length, 0 <= index < num_tokens) and the byte
     offset in the cache of the token row each names (0 for the invalid ones)."""
@@ -217,7 +204,7 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                                                      part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
         q_row = (r * s_q + tok) * h_q + pid_h * BLOCK_H
         if PID == 0:
-            _load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF)
+            load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF)
         idx_row = idx_ptr + r.to(gl.int64) * stride_ib + tok * stride_it
         if PRODUCERS > 1:  # first tile of this request that is this partition's
             it_end = it + gl.maximum(t_hi - t_lo, 0)
@@ -572,19 +559,7 @@ def _sparse_decode_gluon_kernel(
         p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
     a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_ready, count=1)
-    mbarrier.init(q_free, count=1)
-    mbarrier.init(p_ready, count=1)
-    mbarrier.init(p_free, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
+    q_ready, q_free, p_ready, p_free, k_ready, k_free = handoff_barriers(STAGES, 1, 1)
     fence_async_shared()
 
     # (argument tuples written out in each call: a tuple held in a variable loses the

@@ -30,6 +30,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
+from .._gluon_decode import handoff_barriers, load_q
 from ..schedule.gluon import schedule_part
 from .gluon_kernel import (
     GROUP,
@@ -37,7 +38,6 @@ from .gluon_kernel import (
     SCALE_OFFSET,
     TOKEN_BYTES,
     _dequant_store,
-    _load_q,
     _pv_partition,
     _request_tiles,
     _softmax_partition_swapped,
@@ -87,7 +87,7 @@ def _half_issuer(q_desc, qr_desc, q_s, qr_s, raw_s, sc_s, q_ready, q_free,
         length, n_sched, t_lo, t_hi = _request_tiles(topk_len_ptr, r, topk, line_pos, part_lo,
                                                      part_hi, HAS_TOPK_LEN, BLOCK_N, OVERHEAD)
         q_row = (r * s_q + tok) * h_q + pid_h * BLOCK_H
-        _load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF)
+        load_q(q_desc, qr_desc, q_s, qr_s, q_ready, q_free, rq, q_row, D_HALF)
         idx_row = idx_ptr + r.to(gl.int64) * stride_ib + tok * stride_it
         h_lo = t_lo * (BLOCK_N // HALF_N)
         h_hi = t_hi * (BLOCK_N // HALF_N)
@@ -223,21 +223,10 @@ def _sparse_decode_ring_kernel(
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_H], dtype)
     p_s = gl.allocate_shared_memory(dtype, [BLOCK_N, BLOCK_H], p_layout)
     a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H], flat)
-    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    # key tiles: the converter arrives once a stage; both MMA warpgroups free it
+    q_ready, q_free, p_ready, p_free, k_ready, k_free = handoff_barriers(STAGES, 1, 1)
     raw_ready = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
     raw_free = gl.allocate_shared_memory(gl.int64, [SLOTS, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_ready, count=1)
-    mbarrier.init(q_free, count=1)
-    mbarrier.init(p_ready, count=1)
-    mbarrier.init(p_free, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=1)
-        mbarrier.init(k_free.index(i), count=2)  # both MMA warpgroups
     for i in gl.static_range(SLOTS):
         mbarrier.init(raw_ready.index(i), count=WARPS * 32)
         mbarrier.init(raw_free.index(i), count=1)

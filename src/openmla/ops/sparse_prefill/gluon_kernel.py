@@ -36,7 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .._gluon_decode import issue_scores
+from .._gluon_decode import handoff_barriers, issue_scores
 
 LN2 = gl.constexpr(0.6931471805599453)
 LOG2E = gl.constexpr(1.4426950408889634)
@@ -379,20 +379,9 @@ def _sparse_prefill_gluon_kernel(
     p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_sl)
     a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    p_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     # every gathering thread arrives (cp.async.mbarrier.arrive.noinc) once its copies land
-    mbarrier.init(q_ready, count=32 * LOAD_WARPS)
-    mbarrier.init(q_free, count=1)
-    mbarrier.init(p_ready, count=1)
-    mbarrier.init(p_free, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(i), count=32 * LOAD_WARPS)
-        mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
+    q_ready, q_free, p_ready, p_free, k_ready, k_free = handoff_barriers(
+        STAGES, 32 * LOAD_WARPS, 32 * LOAD_WARPS)
     fence_async_shared()
 
     gl.warp_specialize([
