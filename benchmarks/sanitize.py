@@ -112,6 +112,10 @@ CASES = {
                                                               61, False)),
         ("gluon V3.2 2x8 heads (ring)", lambda: _sparse_decode("gluon", 4, 2, 8, 500, 200, 576,
                                                                64, False)),
+        ("gluon V3.2 128 heads (CTA pair)", lambda: _sparse_decode("gluon", 3, 2, 128, 500, 200,
+                                                                   576, 61, False)),
+        ("gluon V3.2 96 heads (CTA pair)", lambda: _sparse_decode("gluon", 2, 1, 96, 300, 130,
+                                                                  576, 64, False)),
     ],
     "sparse_prefill": [
         ("triton d576", lambda: _sparse_prefill("triton", 5, 300, 64, 128, 576)),

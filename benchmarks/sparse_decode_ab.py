@@ -23,8 +23,11 @@ VARIANTS = {  # name: environment
     "pf_all": {"OPENMLA_SPARSE_PREFETCH": "all"},
     # the ring kernel (h_q <= 16) against the register-gather swapped kernel (--small-h)
     "swapped": {"OPENMLA_SPARSE_RING": "0"},
+    # two independent CTAs a token at h_q > 64, each gathering the whole tile (the default
+    # shares the tiles between the two CTAs of a cluster)
+    "single": {"OPENMLA_SPARSE_PAIR": "0"},
 }
-ENV_KEYS = ("OPENMLA_SPARSE_PREFETCH", "OPENMLA_SPARSE_RING")
+ENV_KEYS = ("OPENMLA_SPARSE_PREFETCH", "OPENMLA_SPARSE_RING", "OPENMLA_SPARSE_PAIR")
 SHAPES = [(128, 2, 128, 2048), (128, 1, 128, 2048), (128, 1, 64, 2048)]  # b, s_q, h_q, topk
 SMALL_H_SHAPES = [(128, 1, 16, 2048), (128, 2, 16, 2048), (128, 1, 8, 2048)]  # --small-h
 S_K = 32768

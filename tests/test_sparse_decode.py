@@ -369,7 +369,8 @@ _COMPILE_PROGRAM = r"""
 import re, sys
 from openmla.ops.sparse_decode.gluon_launch import compile_sm90
 from openmla.testing.sm90 import ptxas_report
-k = compile_sm90(block_h=int(sys.argv[1]), ring=sys.argv[2] == "ring", head_blocks=int(sys.argv[3]))
+k = compile_sm90(block_h=int(sys.argv[1]), ring=sys.argv[2] == "ring", head_blocks=int(sys.argv[3]),
+                 paired=sys.argv[2] == "pair")
 ptx = k.asm["ptx"]
 rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
@@ -378,6 +379,9 @@ print("smem", k.metadata.shared)
 print("cp_async_16", len(re.findall(r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 0x10", ptx)))
 print("cp_async_arrive", ptx.count("cp.async.mbarrier.arrive.noinc"))
 print("prefetch", ptx.count("prefetch.global.L2"))
+print("bulk_to_peer", ptx.count("cp.async.bulk.shared::cluster.shared::cta"))
+print("arrive_peer", ptx.count("mbarrier.arrive.release.cluster.shared::cluster"))
+print("cluster_barrier", ptx.count("barrier.cluster.arrive"))
 """
 
 # ptxas spills a few loop scalars (no tensor data) of the warp-specialized partitions; a bound,
@@ -428,6 +432,21 @@ def test_prefetch_from_head_block0_compiles_for_sm90():
     assert int(two["prefetch"]) > 0 and int(two["prefetch"]) == int(one["prefetch"]), (one, two)
     assert int(two["wgmma"]) == 44, two
     assert 0 <= int(two["spill"]) <= MAX_SCALAR_SPILL_BYTES, two
+
+
+def test_pair_kernel_compiles_for_sm90():
+    """With two head blocks a token (h_q > 64) the two CTAs of a cluster share the key tiles:
+    per tile each producer copies its half into the peer (8 NoPE/RoPE-half blocks of the two key
+    halves, the RoPE half and the flags: 10 bulk copies), both consumer warpgroups release the
+    peer's stage (2 remote arrives), every partition meets the peer once at the start; the same
+    products, the L2 prefetch of its own rows, no more than a few bytes of scalar spills."""
+    got = _compile_report(64, "pair", head_blocks=2)
+    assert int(got["wgmma"]) == 44, got
+    assert (int(got["bulk_to_peer"]), int(got["arrive_peer"]),
+            int(got["cluster_barrier"])) == (10, 2, 3), got
+    assert int(got["prefetch"]) > 0, got
+    assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
+    assert int(got["smem"]) <= MAX_SMEM_BYTES, got
 
 
 def test_ring_kernel_compiles_for_sm90():
@@ -523,6 +542,35 @@ def test_ring_kernel_equals_swapped_kernel_gpu(shape, gluon_backend, poisoned_ou
     runs = {}
     for flag in ("1", "0"):
         monkeypatch.setenv("OPENMLA_SPARSE_RING", flag)
+        runs[flag] = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                    tile_scheduler_metadata=_meta())
+    torch.cuda.synchronize()
+    assert torch.equal(runs["1"][0], runs["0"][0]) and torch.equal(runs["1"][1], runs["0"][1])
+    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    tol = TOLERANCES["sparse_decode"]
+    assert_close("out", runs["1"][0], r_out.to(BF16), tol["out"])
+    assert_close("lse", runs["1"][1], r_lse, tol["lse"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4, 1, 128, 512, 64, 2, False, False),
+                                   (5, 2, 128, 1024, 576, 61, True, False),
+                                   (3, 3, 96, 2046, 2048, 64, False, False),
+                                   (6, 1, 100, 300, 100, 64, True, False),
+                                   (2, 1, 128, 300, 130, 64, False, True),
+                                   (74, 2, 128, 4000, 1000, 69, True, False)])
+def test_pair_kernel_equals_single_kernel_gpu(shape, gluon_backend, poisoned_outputs,
+                                              monkeypatch):
+    """At 65-128 heads the CTA pair (the default: each CTA of a cluster gathers and dequantizes
+    half of every key tile and copies it into the peer) and two independent CTAs that each
+    gather the whole tile (OPENMLA_SPARSE_PAIR=0) give bitwise equal outputs, and both match
+    the reference."""
+    case = _gluon_case(shape, seed=sum(shape[:6]) + 2)
+    if shape[6]:
+        case["topk_length"][0] = 0
+    runs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("OPENMLA_SPARSE_PAIR", flag)
         runs[flag] = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
                                                     tile_scheduler_metadata=_meta())
     torch.cuda.synchronize()

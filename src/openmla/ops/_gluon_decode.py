@@ -12,11 +12,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 @gluon.jit
 def handoff_barriers(STAGES: gl.constexpr, Q_ARRIVALS: gl.constexpr,
-                     K_ARRIVALS: gl.constexpr):
+                     K_ARRIVALS: gl.constexpr, K_RELEASES: gl.constexpr = 2):
     """The barriers of the two-warpgroup kernels (a softmax and a P·V warpgroup fed by a
     loader): Q landed / Q free, P published / P free, and per ring stage key tile landed / key
     tile free (both warpgroups release it). ``Q_ARRIVALS`` / ``K_ARRIVALS``: the arrivals that
-    complete a landing (1 for a TMA load with its byte count, a thread count for cp.async)."""
+    complete a landing (1 for a TMA load with its byte count, a thread count for cp.async);
+    ``K_RELEASES``: those that free a key tile (4 when a CTA pair shares the tiles)."""
     q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -29,7 +30,7 @@ def handoff_barriers(STAGES: gl.constexpr, Q_ARRIVALS: gl.constexpr,
     mbarrier.init(p_free, count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=K_ARRIVALS)
-        mbarrier.init(k_free.index(i), count=2)  # both warpgroups release a key tile
+        mbarrier.init(k_free.index(i), count=K_RELEASES)  # both warpgroups (of both CTAs)
     return q_ready, q_free, p_ready, p_free, k_ready, k_free
 
 

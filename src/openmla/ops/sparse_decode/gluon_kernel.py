@@ -25,6 +25,13 @@ Oᵀ [256, heads] = Vᵀ·Pᵀ with Vᵀ read transposed from the key tile. The 
 the registers for a second producer partition: the tiles of a part alternate between the two
 (each fills its own ring stage), so two tiles' gathers are in flight; the first loads Q.
 
+With two head blocks a token (65-128 heads, ``PAIR``) the two CTAs of a token run as a cluster
+(``_gluon_cluster.launch_pair``) and share the key tiles: each producer gathers and dequantizes
+half of a tile's rows into its own ring stage and copies them into the same rows of the peer's
+stage (bulk shared-to-shared copies completing on the peer's key barrier); a stage is free once
+the consumers of both CTAs released it (two local and two remote arrives). Per CTA the gathers
+and the dequantization halve; the outputs are bitwise those of two independent CTAs.
+
 Each request ends with one more message from the softmax warpgroup: the factor every output row
 is multiplied by (1/l, with the sink's 1/(1 + 2^(σ·log2e − lse₂)) for a request kept in one piece,
 0 for rows that saw no valid key), so both warpgroups store their half without further talk.
@@ -38,6 +45,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._gluon_cluster import arrive_peer, bulk_to_peer, cluster_sync, smem_base
 from .._gluon_decode import handoff_barriers, issue_scores, load_q, swapped_softmax_step
 from ..schedule.gluon import schedule_part
 
@@ -123,6 +131,22 @@ def _dequant_store(raw, scale, dst):
 
 
 @gluon.jit
+def _store_rows(k_s, kr_s, v_s, s, raw0, raw1, raw2, raw3, sc0, sc1, sc2, sc3, rope, valid,
+                ROW0: gl.constexpr):
+    """Dequantize the gathered rows into rows [ROW0, ROW0 + rows) of ring stage ``s``: the two
+    256-wide key halves, the RoPE part and the validity flags (a CTA pair: each CTA its half)."""
+    ROWS: gl.constexpr = raw0.shape[0]
+    k0 = k_s.index(2 * s).slice(ROW0, ROWS, dim=0)
+    k1 = k_s.index(2 * s + 1).slice(ROW0, ROWS, dim=0)
+    _dequant_store(raw0, sc0, k0.slice(0, GROUP, dim=1))
+    _dequant_store(raw1, sc1, k0.slice(GROUP, GROUP, dim=1))
+    _dequant_store(raw2, sc2, k1.slice(0, GROUP, dim=1))
+    _dequant_store(raw3, sc3, k1.slice(GROUP, GROUP, dim=1))
+    kr_s.index(s).slice(ROW0, ROWS, dim=0).store(rope)
+    v_s.index(s).slice(ROW0, ROWS).store(valid.to(gl.int32))
+
+
+@gluon.jit
 def _token_rows(idx, slots, length, num_tokens, stride_kp, PAGE_SIZE: gl.constexpr):
     """Which index slots are valid (inside the length, 0 <= index < num_tokens) and the byte
     offset in the cache of the token row each names (0 for the invalid ones)."""
@@ -171,9 +195,16 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                         PAGE_SIZE: gl.constexpr, OVERHEAD: gl.constexpr,
                         META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr,
                         STAGES: gl.constexpr, WARPS: gl.constexpr, PREFETCH: gl.constexpr,
-                        PRODUCERS: gl.constexpr = 1, PID: gl.constexpr = 0):
+                        PRODUCERS: gl.constexpr = 1, PID: gl.constexpr = 0,
+                        PAIR: gl.constexpr = False, SMEM_K: gl.constexpr = 0,
+                        SMEM_KR: gl.constexpr = 0, SMEM_V: gl.constexpr = 0,
+                        SMEM_READY: gl.constexpr = 0):
     # PRODUCERS partitions may share the tiles: this one (PID) takes the tiles whose running
     # count over the part is PID modulo PRODUCERS, and the first one loads Q.
+    # PAIR: the two CTAs (head blocks) of a cluster share every tile: each gathers and
+    # dequantizes half of its rows (CTA rank = pid_h: rows [rank·ROWS, rank·ROWS + ROWS)) into
+    # its own stage, then copies them into the same rows of the peer's stage (bulk copies
+    # completing on the peer's k_ready, whose expected bytes this CTA's arrive announces).
     # one thread: 16 consecutive bytes of a token row; 8 threads span a 128-byte scale group
     nope_l: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [WARPS, 1], [1, 0])
     # RoPE: 8 bf16 (16 bytes) a thread, 8 threads span the 64 values
@@ -190,7 +221,17 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
     pid_part = gl.program_id(2)
     begin_req, end_req, line_pos, payload, part_lo, part_hi = schedule_part(
         meta_ptr, pid_part, META_COLS)
-    offs_n = gl.arange(0, BLOCK_N, layout=row_l)
+    ROWS: gl.constexpr = BLOCK_N // 2 if PAIR else BLOCK_N  # token rows this CTA gathers
+    # a pair: bytes of one half of a stage's rows (k: 128-byte rows in 64-column blocks)
+    HALF_BLOCK: gl.constexpr = ROWS * 128
+    STAGE_K: gl.constexpr = 2 * BLOCK_N * D_HALF * 2
+    PEER_BYTES: gl.constexpr = (2 * D_HALF // 64 + 1) * HALF_BLOCK + ROWS * 4
+    offs_n = gl.arange(0, ROWS, layout=row_l)
+    if PAIR:
+        cluster_sync()  # both CTAs' barriers are initialised
+        offs_n += pid_h * ROWS
+        smem = smem_base()
+        peer = 1 - pid_h
     cols = gl.expand_dims(gl.arange(0, GROUP, layout=gl.SliceLayout(0, nope_l)), 0)
     rcols = gl.expand_dims(gl.arange(0, D_ROPE, layout=gl.SliceLayout(0, rope_l)), 0)
     scols = gl.expand_dims(gl.arange(0, 4, layout=gl.SliceLayout(0, sc_l)), 0)
@@ -244,7 +285,9 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
             if PREFETCH:
                 nxt = slots + STEP < length
                 pf_ok = nxt & (idx_after >= 0) & (idx_after < num_tokens)
-                if PREFETCH == 2:  # only head block 0 asks: the others read the same rows
+                if PAIR:
+                    _prefetch_rows(k_ptr, idx_after, pf_ok, stride_kp, PAGE_SIZE, WARPS)
+                elif PREFETCH == 2:  # only head block 0 asks: the others read the same rows
                     # (several head blocks a token: gluon_launch.PREFETCH_HEAD_BLOCK0)
                     if pid_h == 0:
                         _prefetch_rows(k_ptr, idx_after, pf_ok, stride_kp, PAGE_SIZE, WARPS)
@@ -255,16 +298,33 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                                 other=-1)
             # ... then wait for the ring slot, dequantize and publish
             mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
-            k0 = k_s.index(2 * s)
-            k1 = k_s.index(2 * s + 1)
-            _dequant_store(raw0, sc0, k0.slice(0, GROUP, dim=1))
-            _dequant_store(raw1, sc1, k0.slice(GROUP, GROUP, dim=1))
-            _dequant_store(raw2, sc2, k1.slice(0, GROUP, dim=1))
-            _dequant_store(raw3, sc3, k1.slice(GROUP, GROUP, dim=1))
-            kr_s.index(s).store(rope)
-            v_s.index(s).store(valid.to(gl.int32))
-            fence_async_shared()
-            mbarrier.arrive(k_ready.index(s), count=1)
+            if PAIR:
+                if pid_h == 0:
+                    _store_rows(k_s, kr_s, v_s, s, raw0, raw1, raw2, raw3, sc0, sc1, sc2, sc3,
+                                rope, valid, 0)
+                else:
+                    _store_rows(k_s, kr_s, v_s, s, raw0, raw1, raw2, raw3, sc0, sc1, sc2, sc3,
+                                rope, valid, ROWS)
+                fence_async_shared()
+                mbarrier.expect(k_ready.index(s), PEER_BYTES)  # the peer's half, in bytes
+                bar = smem + SMEM_READY + 8 * s
+                bulk_to_peer(smem + SMEM_K + s * STAGE_K + pid_h * HALF_BLOCK, bar, peer,
+                             HALF_BLOCK, 2 * D_HALF // 64, 2 * HALF_BLOCK)
+                bulk_to_peer(smem + SMEM_KR + s * (BLOCK_N * D_ROPE * 2) + pid_h * HALF_BLOCK,
+                             bar, peer, HALF_BLOCK)
+                bulk_to_peer(smem + SMEM_V + s * (BLOCK_N * 4) + pid_h * (ROWS * 4), bar, peer,
+                             ROWS * 4)
+            else:
+                k0 = k_s.index(2 * s)
+                k1 = k_s.index(2 * s + 1)
+                _dequant_store(raw0, sc0, k0.slice(0, GROUP, dim=1))
+                _dequant_store(raw1, sc1, k0.slice(GROUP, GROUP, dim=1))
+                _dequant_store(raw2, sc2, k1.slice(0, GROUP, dim=1))
+                _dequant_store(raw3, sc3, k1.slice(GROUP, GROUP, dim=1))
+                kr_s.index(s).store(rope)
+                v_s.index(s).store(valid.to(gl.int32))
+                fence_async_shared()
+                mbarrier.arrive(k_ready.index(s), count=1)
             it += PRODUCERS
             t += PRODUCERS
         if PRODUCERS > 1:
@@ -272,6 +332,11 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
         line_pos += OVERHEAD + n_sched
         rq += 1
         r += 1
+    if PAIR:
+        # the peer's consumers release every tile here too (remote arrives on k_free): wait
+        # for the last releases, so this CTA outlives every access the peer makes to it
+        for j in gl.static_range(STAGES):
+            mbarrier.wait(k_free.index((it + j) % STAGES), (((it + j) // STAGES) & 1) ^ 1)
 
 
 @gluon.jit
@@ -283,7 +348,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
                        D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                        OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
                        HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
-                       STAGES: gl.constexpr):
+                       STAGES: gl.constexpr, PAIR: gl.constexpr = False,
+                       SMEM_FREE: gl.constexpr = 0):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -307,6 +373,9 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
     head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=row_o)
     mask_o = head_o < h_q
     offs_d = gl.arange(0, D_HALF, layout=col_o)
+    if PAIR:  # no partition starts before both CTAs' barriers are initialised
+        cluster_sync()
+        free_peer = smem_base() + SMEM_FREE
 
     it = 0
     msg = 0
@@ -348,6 +417,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
             acc = warpgroup_mma(gl.convert_layout(p16, p_layout), k0, acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(k_free.index(s), count=1)
+            if PAIR:  # the peer's producer copies its half rows into this stage too
+                arrive_peer(free_peer + 8 * s, 1 - pid_h)
             it += 1
             t += 1
         # a request with no index tile in this part: Q was never read
@@ -465,7 +536,8 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
                   stride_ob, stride_ot, stride_oh, stride_oa_piece, stride_oa_t, stride_oa_h,
                   D_HALF: gl.constexpr, BLOCK_H: gl.constexpr, BLOCK_N: gl.constexpr,
                   OVERHEAD: gl.constexpr, META_COLS: gl.constexpr,
-                  HAS_TOPK_LEN: gl.constexpr, STAGES: gl.constexpr, SWAP: gl.constexpr = False):
+                  HAS_TOPK_LEN: gl.constexpr, STAGES: gl.constexpr, SWAP: gl.constexpr = False,
+                  PAIR: gl.constexpr = False, SMEM_FREE: gl.constexpr = 0):
     """O_R = O_R·α + P·V[:, 256:] (SWAP: Oᵀ_R = Oᵀ_R·α + Vᵀ[256:, :]·Pᵀ, heads along axis 1)."""
     HEAD_AXIS: gl.constexpr = 1 if SWAP else 0
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -480,6 +552,9 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
     head_o = pid_h * BLOCK_H + gl.arange(0, BLOCK_H, layout=head_ol)
     mask_o = head_o < h_q
     offs_d = D_HALF + gl.arange(0, D_HALF, layout=d_o)
+    if PAIR:  # no partition starts before both CTAs' barriers are initialised
+        cluster_sync()
+        free_peer = smem_base() + SMEM_FREE
     it = 0
     msg = 0
     r = begin_req
@@ -505,6 +580,8 @@ def _pv_partition(k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr,
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(p_free, count=1)
             mbarrier.arrive(k_free.index(s), count=1)
+            if PAIR:
+                arrive_peer(free_peer + 8 * s, 1 - pid_h)
             msg += 1
             it += 1
             t += 1
@@ -537,8 +614,14 @@ def _sparse_decode_gluon_kernel(
     META_COLS: gl.constexpr, HAS_TOPK_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     STAGES: gl.constexpr, PV_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     PRODUCER_WARPS: gl.constexpr, PREFETCH: gl.constexpr = True,
-    SWAP: gl.constexpr = False,
+    SWAP: gl.constexpr = False, PAIR: gl.constexpr = False,
+    SMEM_K: gl.constexpr = 0, SMEM_KR: gl.constexpr = 0, SMEM_V: gl.constexpr = 0,
+    SMEM_READY: gl.constexpr = 0, SMEM_FREE: gl.constexpr = 0,
 ):
+    # PAIR (two head blocks a token, launched as clusters of two CTAs by
+    # ``_gluon_cluster.launch_pair``): the CTAs share each key tile, each gathering and
+    # dequantizing half of it (see ``_producer_partition``); SMEM_*: the shared offsets of the
+    # buffers the peer writes into or arrives on, found by the launcher
     # SWAP (h_q <= 16, BLOCK_H = 16): the swapped product, with two producer partitions taking
     # alternate tiles (each fills its own ring stage)
     gl.static_assert(not SWAP or STAGES == 2)
@@ -559,7 +642,8 @@ def _sparse_decode_gluon_kernel(
         p_s = gl.allocate_shared_memory(dtype, [BLOCK_H, BLOCK_N], p_layout)
     a_s = gl.allocate_shared_memory(gl.float32, [BLOCK_H],
                                     gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
-    q_ready, q_free, p_ready, p_free, k_ready, k_free = handoff_barriers(STAGES, 1, 1)
+    q_ready, q_free, p_ready, p_free, k_ready, k_free = handoff_barriers(
+        STAGES, 1, 1, 4 if PAIR else 2)
     fence_async_shared()
 
     # (argument tuples written out in each call: a tuple held in a variable loses the
@@ -592,13 +676,14 @@ def _sparse_decode_gluon_kernel(
               lse_ptr, o_acc_ptr, lse_acc_ptr, scale_log2, h_q, topk, stride_ob, stride_ot,
               stride_oh, stride_lb, stride_lt, stride_lh, stride_oa_piece, stride_oa_t,
               stride_oa_h, stride_la_piece, stride_la_t, D_HALF, BLOCK_H, BLOCK_N, OVERHEAD,
-              META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES)),
+              META_COLS, HAS_TOPK_LEN, HAS_SINK, STAGES, PAIR, SMEM_FREE)),
             (_pv_partition, (k_s, p_s, a_s, k_ready, k_free, p_ready, p_free, topk_len_ptr, meta_ptr,
               num_splits_ptr, out_ptr, o_acc_ptr, h_q, topk, stride_ob, stride_ot, stride_oh,
               stride_oa_piece, stride_oa_t, stride_oa_h, D_HALF, BLOCK_H, BLOCK_N, OVERHEAD,
-              META_COLS, HAS_TOPK_LEN, STAGES, SWAP)),
+              META_COLS, HAS_TOPK_LEN, STAGES, SWAP, PAIR, SMEM_FREE)),
             (_producer_partition, (q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_free, k_ready,
               k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q, topk, num_tokens,
               stride_kp, stride_ib, stride_it, D_HALF, BLOCK_H, BLOCK_N, PAGE_SIZE, OVERHEAD,
-              META_COLS, HAS_TOPK_LEN, STAGES, PRODUCER_WARPS, PREFETCH)),
+              META_COLS, HAS_TOPK_LEN, STAGES, PRODUCER_WARPS, PREFETCH, 1, 0, PAIR, SMEM_K,
+              SMEM_KR, SMEM_V, SMEM_READY)),
         ], [4, PRODUCER_WARPS], [PV_REGS, PRODUCER_REGS])

@@ -10,6 +10,7 @@ import torch
 
 from ... import _library
 from ...device import device_info
+from .._gluon_cluster import launch_pair, smem_offsets
 from .._gluon_host import nvmma_layout, tma_descriptor
 from .._launch import launch
 from ..combine.launch import decode_combine
@@ -63,6 +64,16 @@ RING_ENV = "OPENMLA_SPARSE_RING"
 RING_SLOTS = 3
 RING_CONVERTER_REGS = 104
 RING_ISSUER_REGS = 64
+
+# With two head blocks a token (h_q > 64) the two CTAs of a token run as a cluster and share the
+# key tiles: each gathers and dequantizes half of a tile's rows and copies them into the peer's
+# shared memory (``gluon_kernel._producer_partition`` with PAIR, ``_gluon_cluster``).
+# OPENMLA_SPARSE_PAIR=0 keeps two independent CTAs that each gather the whole tile.
+PAIR_ENV = "OPENMLA_SPARSE_PAIR"
+# the kernel's offset constexprs and the buffers whose shared offsets they carry
+PAIR_BUFFERS = {"SMEM_K": "k_s", "SMEM_KR": "kr_s", "SMEM_V": "v_s", "SMEM_READY": "k_ready",
+                "SMEM_FREE": "k_free"}
+
 
 def gluon_ok(q: torch.Tensor, k_cache: torch.Tensor, head_dim_v: int,
              extra_k_cache: torch.Tensor | None) -> bool:
@@ -131,8 +142,13 @@ def ring(h_q: int) -> bool:
     return small_h(h_q) and os.environ.get(RING_ENV, "1") != "0"
 
 
+def pair(head_blocks: int, swap: bool = False) -> bool:
+    """Whether a launch with ``head_blocks`` blocks of 64 heads a token runs CTA pairs."""
+    return head_blocks == 2 and not swap and os.environ.get(PAIR_ENV, "1") != "0"
+
+
 def _split_kernel(use_ring: bool, swap: bool, stages: int, pv_regs: int, producer_regs: int,
-                  head_blocks: int = 1):
+                  head_blocks: int = 1, paired: bool = False):
     """The split kernel of a launch and its own constexprs: the cp.async ring kernel (h_q <= 16)
     or the register-gather kernel (64-row, or swapped with ``swap``) over ``head_blocks`` blocks
     of heads a token."""
@@ -146,7 +162,7 @@ def _split_kernel(use_ring: bool, swap: bool, stages: int, pv_regs: int, produce
         STAGES=stages, PV_REGS=pv_regs, PRODUCER_REGS=producer_regs,
         PRODUCER_WARPS=GLUON_PRODUCER_WARPS,
         PREFETCH=(PREFETCH_HEAD_BLOCK0 if head_blocks > 1 and os.environ.get(PREFETCH_ENV) != "all"
-                  else GLUON_PREFETCH), SWAP=swap)
+                  else GLUON_PREFETCH), SWAP=swap, PAIR=paired)
 
 
 def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_scale,
@@ -173,8 +189,9 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
     if swap and pv_regs == GLUON_PV_REGS and producer_regs == GLUON_PRODUCER_REGS:
         pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
     grid = (-(-h_q // block_h), s_q, num_parts)
-    fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs, grid[0])
-    launch(fn, grid, (
+    paired = pair(grid[0], swap)
+    fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs, grid[0], paired)
+    (launch_pair if paired else launch)(fn, grid, (
         tma_descriptor(q2, [block_h, half], gl.bfloat16),
         tma_descriptor(q2, [block_h, d_rope], gl.bfloat16),
         kc, indices, topk_length if topk_length is not None else indices,
@@ -189,7 +206,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
         BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
         HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
-        num_warps=4, **consts))
+        num_warps=4, **consts), *((PAIR_BUFFERS,) if paired else ()))
     if combine:
         decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
     return out, lse
@@ -200,7 +217,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
 def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool = True,
                  stages: int = GLUON_STAGES, pv_regs: int | None = None,
                  producer_regs: int | None = None, block_h: int = GLUON_BLOCK_H,
-                 ring: bool = False, head_blocks: int = 1):
+                 ring: bool = False, head_blocks: int = 1, paired: bool = False):
     """The split kernel compiled for Hopper (sm_90) with 16-divisible pointers and strides, as
     a launch at production shapes specialises it (``head_blocks`` blocks of heads a token).
     Must run without TRITON_INTERPRET."""
@@ -227,15 +244,24 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=block_h,
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink)
-    fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs, head_blocks)
+    fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs, head_blocks, paired)
     ce.update(consts)
-    sig, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in ce:
-            sig[name] = "constexpr"
-        else:
-            sig[name] = types.get(name, "i32")
-            if sig[name].startswith("*") or name.startswith("stride_"):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    src = GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+    def build():
+        sig, attrs = {}, {}
+        for i, name in enumerate(fn.arg_names):
+            if name in ce:
+                sig[name] = "constexpr"
+            else:
+                sig[name] = types.get(name, "i32")
+                if sig[name].startswith("*") or name.startswith("stride_"):
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        src = GluonASTSource(fn=fn, signature=sig, constexprs=ce, attrs=attrs)
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+    if not paired:
+        return build()
+    ce.update({k: 0 for k in PAIR_BUFFERS})  # placeholders, then the offsets they gave
+    offs = smem_offsets(build().asm["ttgir"])
+    ce.update({k: offs[n] for k, n in PAIR_BUFFERS.items()})
+    return build()
