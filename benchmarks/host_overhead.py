@@ -38,6 +38,8 @@ def main():
     ap.add_argument("--shape", nargs=4, type=int, default=[128, 1, 128, 1024])
     ap.add_argument("--backends", nargs="*", default=["triton", "gluon"])
     ap.add_argument("--op", default="dense_decode", choices=["dense_decode", "sparse_decode"])
+    ap.add_argument("--fresh-meta", action="store_true",
+                    help="a new schedule object per call, as `openmla bench` times it")
     args = ap.parse_args()
     b, s_q, h_q, s_k = args.shape
     if args.op == "dense_decode":
@@ -49,7 +51,8 @@ def main():
     meta = openmla.get_mla_metadata()[0]  # one schedule reused, as an engine does per step
 
     def call():
-        return openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=meta)
+        m = openmla.get_mla_metadata()[0] if args.fresh_meta else meta
+        return openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=m)
 
     rows = []
     for be in args.backends:
@@ -70,6 +73,10 @@ def main():
         pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(14)
         print(f"--- host profile, {be}, 100 calls ---")
         print("\n".join(buf.getvalue().splitlines()[6:24]))
+        buf = io.StringIO()
+        pstats.Stats(pr, stream=buf).sort_stats("cumtime").print_stats(30)
+        print(f"--- cumulative, {be} ---")
+        print("\n".join(buf.getvalue().splitlines()[6:40]))
     print(f"\n{args.op} b={b} s_q={s_q} h_q={h_q} s_k={s_k}")
     print(f"{'backend':8} {'events us':>10} {'graph us':>10} {'host us':>10}")
     for be, ev, gr, ho in rows:

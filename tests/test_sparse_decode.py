@@ -524,6 +524,26 @@ def test_gluon_64_row_kernel_at_16_heads_gpu(shape, gluon_backend, poisoned_outp
                                                       seed=3))
 
 
+def _assert_variants_equal(shape, env, monkeypatch, seed):
+    """The public call with ``env`` at 1 (a default kernel) and at 0 (its alternative) on a
+    fresh case (``topk_length`` 0 for the first request where the shape asks for lengths):
+    bitwise equal outputs, both within the reference's tolerances."""
+    case = _gluon_case(shape, seed=seed)
+    if shape[6]:
+        case["topk_length"][0] = 0
+    runs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv(env, flag)
+        runs[flag] = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                    tile_scheduler_metadata=_meta())
+    torch.cuda.synchronize()
+    assert torch.equal(runs["1"][0], runs["0"][0]) and torch.equal(runs["1"][1], runs["0"][1])
+    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    tol = TOLERANCES["sparse_decode"]
+    assert_close("out", runs["1"][0], r_out.to(BF16), tol["out"])
+    assert_close("lse", runs["1"][1], r_lse, tol["lse"])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(4, 1, 16, 512, 64, 2, False, False),
                                    (5, 2, 8, 1024, 576, 61, True, False),
@@ -536,20 +556,7 @@ def test_ring_kernel_equals_swapped_kernel_gpu(shape, gluon_backend, poisoned_ou
     """At h_q <= 16 the ring kernel (the default) and the register-gather swapped kernel
     (OPENMLA_SPARSE_RING=0) run the same consumers on the same bf16 keys: bitwise equal
     outputs, and both match the reference."""
-    case = _gluon_case(shape, seed=sum(shape[:6]) + 1)
-    if shape[6]:
-        case["topk_length"][0] = 0
-    runs = {}
-    for flag in ("1", "0"):
-        monkeypatch.setenv("OPENMLA_SPARSE_RING", flag)
-        runs[flag] = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                                    tile_scheduler_metadata=_meta())
-    torch.cuda.synchronize()
-    assert torch.equal(runs["1"][0], runs["0"][0]) and torch.equal(runs["1"][1], runs["0"][1])
-    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
-    tol = TOLERANCES["sparse_decode"]
-    assert_close("out", runs["1"][0], r_out.to(BF16), tol["out"])
-    assert_close("lse", runs["1"][1], r_lse, tol["lse"])
+    _assert_variants_equal(shape, "OPENMLA_SPARSE_RING", monkeypatch, seed=sum(shape[:6]) + 1)
 
 
 @pytest.mark.gpu
@@ -565,20 +572,30 @@ def test_pair_kernel_equals_single_kernel_gpu(shape, gluon_backend, poisoned_out
     half of every key tile and copies it into the peer) and two independent CTAs that each
     gather the whole tile (OPENMLA_SPARSE_PAIR=0) give bitwise equal outputs, and both match
     the reference."""
-    case = _gluon_case(shape, seed=sum(shape[:6]) + 2)
-    if shape[6]:
-        case["topk_length"][0] = 0
-    runs = {}
-    for flag in ("1", "0"):
-        monkeypatch.setenv("OPENMLA_SPARSE_PAIR", flag)
-        runs[flag] = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                                    tile_scheduler_metadata=_meta())
+    _assert_variants_equal(shape, "OPENMLA_SPARSE_PAIR", monkeypatch, seed=sum(shape[:6]) + 2)
+
+
+@pytest.mark.gpu
+def test_failed_pair_launch_falls_back_gpu(gluon_backend, poisoned_outputs, monkeypatch):
+    """A device that cannot launch the CTA pair gets a warning once and the independent CTAs'
+    (bitwise equal) result."""
+    from openmla.ops.sparse_decode import gluon_launch as GL
+
+    case = _gluon_case((4, 1, 128, 512, 64, 2, False, False), seed=5)
+    want = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                          tile_scheduler_metadata=_meta())
+
+    def refuse(*a, **k):
+        raise RuntimeError("Triton Error [CUDA]: cluster misconfiguration")
+
+    monkeypatch.setattr(GL, "launch_pair", refuse)
+    monkeypatch.setattr(GL, "_PAIRS_FAILED", [])
+    with pytest.warns(RuntimeWarning, match="independent CTAs"):
+        got = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                             tile_scheduler_metadata=_meta())
+    assert GL._PAIRS_FAILED and not GL.pair(2)
     torch.cuda.synchronize()
-    assert torch.equal(runs["1"][0], runs["0"][0]) and torch.equal(runs["1"][1], runs["0"][1])
-    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
-    tol = TOLERANCES["sparse_decode"]
-    assert_close("out", runs["1"][0], r_out.to(BF16), tol["out"])
-    assert_close("lse", runs["1"][1], r_lse, tol["lse"])
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 @pytest.mark.gpu

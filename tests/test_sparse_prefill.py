@@ -308,6 +308,8 @@ ALIGNED = ("stride_qt", "stride_qh", "stride_kvs", "stride_it", "stride_ot", "st
 
 def compile_sm90(fn, ce):
     sig, attrs = {}, {}
+    # constexprs left out take their defaults, as a launch does
+    ce = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **ce}
     for i, n in enumerate(fn.arg_names):
         if n in ce:
             sig[n] = "constexpr"

@@ -142,9 +142,23 @@ def ring(h_q: int) -> bool:
     return small_h(h_q) and os.environ.get(RING_ENV, "1") != "0"
 
 
+_PAIRS_FAILED: list[str] = []  # why a pair launch failed on this process's device, if one did
+
+
 def pair(head_blocks: int, swap: bool = False) -> bool:
     """Whether a launch with ``head_blocks`` blocks of 64 heads a token runs CTA pairs."""
-    return head_blocks == 2 and not swap and os.environ.get(PAIR_ENV, "1") != "0"
+    return (head_blocks == 2 and not swap and not _PAIRS_FAILED
+            and os.environ.get(PAIR_ENV, "1") != "0")
+
+
+def _no_pairs(err: Exception) -> None:
+    """A pair launch failed (a device or partition that cannot co-schedule two CTAs of this
+    size): warn once and run independent CTAs from now on."""
+    import warnings
+
+    _PAIRS_FAILED.append(str(err))
+    warnings.warn(f"openmla: sparse decode falls back to independent CTAs at 65-128 heads "
+                  f"(the CTA-pair launch failed: {err})", RuntimeWarning, stacklevel=3)
 
 
 def _split_kernel(use_ring: bool, swap: bool, stages: int, pv_regs: int, producer_regs: int,
@@ -190,8 +204,7 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         pv_regs, producer_regs = SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS
     grid = (-(-h_q // block_h), s_q, num_parts)
     paired = pair(grid[0], swap)
-    fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs, grid[0], paired)
-    (launch_pair if paired else launch)(fn, grid, (
+    args = (
         tma_descriptor(q2, [block_h, half], gl.bfloat16),
         tma_descriptor(q2, [block_h, d_rope], gl.bfloat16),
         kc, indices, topk_length if topk_length is not None else indices,
@@ -202,11 +215,21 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
         o_acc.stride(0), o_acc.stride(1), o_acc.stride(2),
-        lse_acc.stride(0), lse_acc.stride(1)), dict(
-        PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
-        BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
-        HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
-        num_warps=4, **consts), *((PAIR_BUFFERS,) if paired else ()))
+        lse_acc.stride(0), lse_acc.stride(1))
+    kw = dict(PAGE_SIZE=kc.shape[1], D_HALF=half, D_ROPE=d_rope, BLOCK_H=block_h,
+              BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
+              HAS_TOPK_LEN=topk_length is not None, HAS_SINK=attn_sink is not None,
+              num_warps=4)
+    if paired:
+        fn, consts = _split_kernel(False, swap, stages, pv_regs, producer_regs, grid[0], True)
+        try:
+            launch_pair(fn, grid, args, dict(kw, **consts), PAIR_BUFFERS)
+        except RuntimeError as err:  # a device that cannot launch the cluster: no pairs
+            _no_pairs(err)
+            paired = False
+    if not paired:
+        fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs, grid[0])
+        launch(fn, grid, args, dict(kw, **consts))
     if combine:
         decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
     return out, lse
