@@ -26,7 +26,7 @@ for k, v in smem_offsets(c.asm["ttgir"]).items():
     print(k, v)
 ptx = c.asm["ptx"]
 print("bulk", ptx.count("cp.async.bulk.shared::cluster.shared::cta"))
-print("remote_arrive", ptx.count("mbarrier.arrive.release.cluster.shared::cluster"))
+print("remote_arrive", ptx.count("mbarrier.arrive.shared::cluster.b64"))
 print("cluster_barrier", ptx.count("barrier.cluster.arrive"))
 """
 

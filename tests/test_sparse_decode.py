@@ -380,7 +380,7 @@ print("cp_async_16", len(re.findall(r"cp\.async\.cg\.shared\.global \[[^]]+\], \
 print("cp_async_arrive", ptx.count("cp.async.mbarrier.arrive.noinc"))
 print("prefetch", ptx.count("prefetch.global.L2"))
 print("bulk_to_peer", ptx.count("cp.async.bulk.shared::cluster.shared::cta"))
-print("arrive_peer", ptx.count("mbarrier.arrive.release.cluster.shared::cluster"))
+print("arrive_peer", ptx.count("mbarrier.arrive.shared::cluster.b64"))
 print("cluster_barrier", ptx.count("barrier.cluster.arrive"))
 """
 
