@@ -269,6 +269,8 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink)
     fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs, head_blocks, paired)
     ce.update(consts)
+    # constexprs left out take their defaults, as a launch does
+    ce = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **ce}
 
     def build():
         sig, attrs = {}, {}
