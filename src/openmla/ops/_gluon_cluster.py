@@ -16,9 +16,10 @@ memory and no handle on a buffer's shared address. These helpers add both, in PT
 * ``launch_pair``: the compiled kernel launched with clusters of two CTAs along grid axis 0
   (the kernel itself is compiled for one CTA: ``program_id(0)`` is the CTA's rank in the pair).
 
-The single-thread helpers run on thread 0 of the calling warpgroup (``%tid.x % 128 == 0``), and
-are to be placed after a Gluon mbarrier arrive / expect of that warpgroup, whose lowering makes
-the warpgroup meet at a barrier first.
+The single-thread helpers run on thread 0 of the calling warpgroup (a partition of 4 warps; the
+predicate is element 0 of a ``gl.arange`` over its threads), and are to be placed after a Gluon
+mbarrier arrive / expect of that warpgroup, whose lowering makes the warpgroup meet at a barrier
+first.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ import tempfile
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-
 
 
 @gluon.jit
