@@ -296,7 +296,7 @@ def test_gluon_library_op_fake():
 _SM90_COMPILE = r"""
 import json, re, sys
 import triton
-from openmla.testing.sm90 import ptxas_report
+from openmla.testing.sm90 import ptxas_report, with_constexpr_defaults
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from openmla.ops.sparse_prefill import gluon_launch as L
@@ -308,8 +308,7 @@ ALIGNED = ("stride_qt", "stride_qh", "stride_kvs", "stride_it", "stride_ot", "st
 
 def compile_sm90(fn, ce):
     sig, attrs = {}, {}
-    # constexprs left out take their defaults, as a launch does
-    ce = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **ce}
+    ce = with_constexpr_defaults(fn, ce)
     for i, n in enumerate(fn.arg_names):
         if n in ce:
             sig[n] = "constexpr"

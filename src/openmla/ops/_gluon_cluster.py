@@ -142,13 +142,12 @@ def launch_pair(kernel, grid: tuple, args: tuple, kwargs: dict, buffers: dict[st
     they carry (``smem_offsets``)."""
     from triton.runtime import driver
 
-    from ._launch import _arg_key, _kw_key
+    from ._launch import spec_key
 
     if grid[0] != 2:
         raise ValueError(f"grid: expected 2 CTAs along axis 0 for a pair launch, got {grid}")
     device = driver.active.get_current_device()
-    key = (id(kernel), device, tuple(map(_arg_key, args)),
-           tuple((k, _kw_key(v)) for k, v in kwargs.items()))
+    key = (id(kernel), spec_key(device, args, kwargs))
     hit = _PAIR_CACHE.get(key)
     if hit is None:
         first = kernel.warmup(*args, grid=grid, **kwargs, **{k: 0 for k in buffers})

@@ -66,6 +66,13 @@ def _idle(hook) -> bool:
     return hook is None or (isinstance(getattr(hook, "calls", None), list) and not hook.calls)
 
 
+def spec_key(device, args: tuple, kwargs: dict) -> tuple:
+    """The specialisation key of a call (see the module docstring); TypeError for an argument
+    this module cannot key."""
+    return (device, tuple(map(_arg_key, args)),
+            tuple((k, _kw_key(v)) for k, v in kwargs.items()))
+
+
 MAX_KEYS = 64  # specialisations kept per kernel; beyond that calls take the JIT path
 
 
@@ -79,8 +86,7 @@ def launch(kernel, grid: tuple, args: tuple, kwargs: dict) -> None:
         return
     device = driver.active.get_current_device()
     try:
-        key = (device, tuple(map(_arg_key, args)),
-               tuple((k, _kw_key(v)) for k, v in kwargs.items()))
+        key = spec_key(device, args, kwargs)
     except TypeError:
         kernel[grid](*args, **kwargs)
         return

@@ -33,3 +33,11 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> PtxasReport:
     spill = re.search(r"(\d+) bytes spill stores", text)
     return PtxasReport(int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else -1,
                        text)
+
+
+def with_constexpr_defaults(fn, constexprs: dict) -> dict:
+    """``constexprs`` completed with the defaults of ``fn``'s constexpr parameters it leaves
+    out, as a launch gives them (an offline compile would otherwise take them as run-time
+    arguments)."""
+    return {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default},
+            **constexprs}

@@ -315,14 +315,8 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                 bulk_to_peer(smem + SMEM_V + s * (BLOCK_N * 4) + pid_h * (ROWS * 4), bar, peer,
                              ROWS * 4)
             else:
-                k0 = k_s.index(2 * s)
-                k1 = k_s.index(2 * s + 1)
-                _dequant_store(raw0, sc0, k0.slice(0, GROUP, dim=1))
-                _dequant_store(raw1, sc1, k0.slice(GROUP, GROUP, dim=1))
-                _dequant_store(raw2, sc2, k1.slice(0, GROUP, dim=1))
-                _dequant_store(raw3, sc3, k1.slice(GROUP, GROUP, dim=1))
-                kr_s.index(s).store(rope)
-                v_s.index(s).store(valid.to(gl.int32))
+                _store_rows(k_s, kr_s, v_s, s, raw0, raw1, raw2, raw3, sc0, sc1, sc2, sc3, rope,
+                            valid, 0)
                 fence_async_shared()
                 mbarrier.arrive(k_ready.index(s), count=1)
             it += PRODUCERS

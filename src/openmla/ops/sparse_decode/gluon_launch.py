@@ -249,6 +249,8 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
+    from ...testing.sm90 import with_constexpr_defaults
+
     swap = block_h != GLUON_BLOCK_H
     regs = (SMALL_H_PV_REGS, SMALL_H_PRODUCER_REGS) if swap else (GLUON_PV_REGS,
                                                                    GLUON_PRODUCER_REGS)
@@ -269,8 +271,7 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink)
     fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs, head_blocks, paired)
     ce.update(consts)
-    # constexprs left out take their defaults, as a launch does
-    ce = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **ce}
+    ce = with_constexpr_defaults(fn, ce)
 
     def build():
         sig, attrs = {}, {}
