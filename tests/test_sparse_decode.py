@@ -576,6 +576,54 @@ def test_pair_kernel_equals_single_kernel_gpu(shape, gluon_backend, poisoned_out
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(128, 1, 16, 300, 130, 64, False, True),
+                                   (3, 2, 128, 1024, 576, 61, False, False),
+                                   (74, 1, 64, 2046, 2048, 64, False, True),
+                                   (200, 1, 16, 300, 100, 64, False, False),
+                                   (5, 1, 12, 4000, 1000, 69, False, True)])
+def test_fixed_schedule_equals_scheduled_call_gpu(shape, gluon_backend, poisoned_outputs,
+                                                  monkeypatch):
+    """Without topk_length the kept schedule (the default; the combine left out when every
+    request is whole, as at b=128 and b=200) and a schedule made on the device every call
+    (OPENMLA_SPARSE_FIXED_SCHEDULE=0) give bitwise equal outputs, and both match the
+    reference; requests split over parts (b=3, b=5) still go through the combine."""
+    _assert_variants_equal(shape, "OPENMLA_SPARSE_FIXED_SCHEDULE", monkeypatch,
+                           seed=sum(shape[:6]) + 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b", [128, 3])
+def test_fixed_schedule_under_graph_capture_gpu(b, gluon_backend, poisoned_outputs,
+                                                monkeypatch):
+    """A CUDA graph captured before the shape's schedule is kept (the call schedules on the
+    device inside the graph) and one captured after (the graph holds the kept schedule)
+    replay to the eager result."""
+    from openmla.ops.sparse_decode import gluon_launch as GL
+
+    monkeypatch.setattr(GL, "_FIXED_SCHEDULES", {})
+    kw = gen.public_kwargs(_gluon_case((b, 1, 16, 2046, 1000, 64, False, True), seed=11))
+    monkeypatch.setenv("OPENMLA_SPARSE_FIXED_SCHEDULE", "0")  # compile outside the capture
+    openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=_meta())
+    monkeypatch.delenv("OPENMLA_SPARSE_FIXED_SCHEDULE")
+    assert not GL._FIXED_SCHEDULES
+    results = []
+    for _ in range(2):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(side), torch.cuda.graph(graph, stream=side):
+            got = openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=_meta())
+        graph.replay()
+        torch.cuda.synchronize()
+        results.append((got[0].clone(), got[1].clone()))
+        assert len(GL._FIXED_SCHEDULES) == len(results) - 1  # first capture: nothing kept
+        want = openmla.flash_mla_with_kvcache(**kw, tile_scheduler_metadata=_meta())
+        torch.cuda.synchronize()
+        assert len(GL._FIXED_SCHEDULES) == 1
+        assert torch.equal(results[-1][0], want[0]) and torch.equal(results[-1][1], want[1])
+
+
+@pytest.mark.gpu
 def test_failed_pair_launch_falls_back_gpu(gluon_backend, poisoned_outputs, monkeypatch):
     """A device that cannot launch the CTA pair gets a warning once and the independent CTAs'
     (bitwise equal) result."""

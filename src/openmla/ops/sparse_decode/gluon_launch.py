@@ -98,6 +98,38 @@ def num_parts_for(h_q: int, s_q: int, num_sms: int, b: int = 0) -> int:
     return whole_request_parts(b, max_parts)
 
 
+# Without topk_length every request attends topk slots, so the schedule is a function of (b,
+# topk, parts) alone: it is made once per shape and kept (``fixed_schedule``), and when it keeps
+# every request in one part the split kernel writes the final output itself and the combine is
+# left out. A call then launches one kernel instead of four (length fill, schedule, split,
+# combine). OPENMLA_SPARSE_FIXED_SCHEDULE=0 schedules every call (comparisons).
+FIXED_SCHEDULE_ENV = "OPENMLA_SPARSE_FIXED_SCHEDULE"
+# kept for the process's life: a captured CUDA graph may hold their addresses (an entry is a
+# few hundred bytes of device memory a shape)
+_FIXED_SCHEDULES: dict[tuple, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+
+
+def fixed_schedule(b: int, topk: int, num_parts: int, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+    """The kept schedule of ``b`` requests of ``topk`` slots over ``num_parts`` parts: its
+    metadata, its piece offsets, and whether any request is split (the combine is needed).
+    Made on first use outside CUDA-graph capture (it reads one flag back to the host); during a
+    capture that has not seen the shape, None (the call schedules on the device as before)."""
+    if os.environ.get(FIXED_SCHEDULE_ENV, "1") == "0":
+        return None
+    key = (device, b, topk, num_parts)
+    hit = _FIXED_SCHEDULES.get(key)
+    if hit is not None:
+        return hit
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    lengths = schedule_lengths(b, topk, None, None, None, device)
+    meta, num_splits = _library.ops.decode_schedule(lengths, num_parts)
+    split = bool((num_splits[1:] - num_splits[:-1] > 1).any())
+    _FIXED_SCHEDULES[key] = hit = (meta, num_splits, split)
+    return hit
+
+
 def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.Tensor,
                         softmax_scale: float, head_dim_v: int,
                         attn_sink: torch.Tensor | None = None,
@@ -117,7 +149,12 @@ def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.T
     b, s_q, h_q, _ = q.shape
     num_parts = num_parts_for(h_q, s_q, device_info(q.device).num_sms, b)
     meta = num_splits = None
-    if sched is not None and sched.tile_scheduler_metadata is not None:
+    combine = True
+    fixed = fixed_schedule(b, indices.shape[-1], num_parts, q.device) if (
+        topk_length is None) else None
+    if fixed is not None:
+        meta, num_splits, combine = fixed
+    elif sched is not None and sched.tile_scheduler_metadata is not None:
         meta, num_splits = sched.tile_scheduler_metadata, sched.num_splits
         if meta.shape[0] != num_parts or meta.device != q.device:
             meta = None  # made for another device or launch shape: schedule again
@@ -128,7 +165,7 @@ def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.T
             sched.tile_scheduler_metadata, sched.num_splits = meta, num_splits
     out, lse = torch.ops.openmla.sparse_decode_gluon(q, k_cache, indices, meta, num_splits,
                                                      softmax_scale, head_dim_v, attn_sink,
-                                                     topk_length, stages)
+                                                     topk_length, stages, combine)
     return out, lse.transpose(1, 2)
 
 
