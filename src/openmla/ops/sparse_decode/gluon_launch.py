@@ -1,6 +1,8 @@
-"""Launch the Hopper (Gluon) sparse-decode split kernel: schedule (when the meta object has none)
-→ split kernel (``gluon_kernel.py``) → combine (``ops/combine``, shared with the portable path),
-no host synchronisation. Calls the kernel cannot take go to the portable launcher."""
+"""Launch the Hopper (Gluon) sparse-decode split kernel: schedule (kept per shape without
+``topk_length``, else made on the device when the meta object has none) → split kernel
+(``gluon_kernel.py``) → combine (``ops/combine``, shared with the portable path; left out when
+the schedule keeps every request whole), no host synchronisation once a shape's schedule is
+kept. Calls the kernel cannot take go to the portable launcher."""
 from __future__ import annotations
 
 import math
