@@ -35,9 +35,10 @@ def _dense(backend, b, s_q, h_q, s_k, pbs, causal, h_kv=1):
     return compare(out, r_out.to(out.dtype), tol["out"]) or compare(lse, r_lse, tol["lse"])
 
 
-def _sparse_decode(backend, b, s_q, h_q, s_k, topk, d_qk, pbs, extra, ring="1"):
+def _sparse_decode(backend, b, s_q, h_q, s_k, topk, d_qk, pbs, extra, ring="1", raw="0"):
     os.environ["OPENMLA_BACKEND_SPARSE_DECODE"] = backend
-    os.environ["OPENMLA_SPARSE_RING"] = ring  # h_q <= 16: the cp.async ring kernel or not
+    os.environ["OPENMLA_SPARSE_RAW"] = raw  # h_q <= 16: the raw-stage kernel or not
+    os.environ["OPENMLA_SPARSE_RING"] = ring  # then: the cp.async ring kernel or not
     case = gen.sparse_decode_inputs(b, s_q, h_q, s_k, topk, d_qk=d_qk, page_block_size=pbs,
                                     with_topk_length=True, extra_topk=64 if extra else None,
                                     extra_s_k=300 if extra else None, device=DEV, seed=topk)
@@ -112,6 +113,10 @@ CASES = {
                                                               61, False)),
         ("gluon V3.2 2x8 heads (ring)", lambda: _sparse_decode("gluon", 4, 2, 8, 500, 200, 576,
                                                                64, False)),
+        ("gluon V3.2 16 heads (raw stages)", lambda: _sparse_decode("gluon", 3, 1, 16, 300, 100,
+                                                                    576, 61, False, raw="1")),
+        ("gluon V3.2 2x8 heads (raw stages)", lambda: _sparse_decode("gluon", 4, 2, 8, 500, 200,
+                                                                     576, 64, False, raw="1")),
         ("gluon V3.2 128 heads (CTA pair)", lambda: _sparse_decode("gluon", 3, 2, 128, 500, 200,
                                                                    576, 61, False)),
         ("gluon V3.2 96 heads (CTA pair)", lambda: _sparse_decode("gluon", 2, 1, 96, 300, 130,

@@ -370,7 +370,7 @@ import re, sys
 from openmla.ops.sparse_decode.gluon_launch import compile_sm90
 from openmla.testing.sm90 import ptxas_report
 k = compile_sm90(block_h=int(sys.argv[1]), ring=sys.argv[2] == "ring", head_blocks=int(sys.argv[3]),
-                 paired=sys.argv[2] == "pair")
+                 paired=sys.argv[2] == "pair", raw=sys.argv[2] == "raw")
 ptx = k.asm["ptx"]
 rep = ptxas_report(ptx)
 print("wgmma", len(re.findall(r"wgmma\.mma_async", ptx)))
@@ -460,6 +460,34 @@ def test_ring_kernel_compiles_for_sm90():
     assert int(got["cp_async_arrive"]) == 1, got
     assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
     assert int(got["smem"]) <= MAX_SMEM_BYTES, got
+
+
+def test_raw_kernel_compiles_for_sm90():
+    """The raw-stage kernel (h_q <= 16, the default there) compiles for sm_90: 36 wgmma for Sᵀ a
+    tile (4 for the RoPE part, 2 × 4 for each of the four NoPE groups with K from registers) and
+    32 for Oᵀ (V from registers), the NoPE and RoPE rows by 16-byte cp.async (16 + 4 pieces a
+    thread a tile), the copies' completion through the stage barrier, within shared memory, no
+    more than a few bytes of scalar spills."""
+    got = _compile_report(16, "raw")
+    assert int(got["wgmma"]) == 36 + 32, got
+    assert int(got["cp_async_16"]) == 16 + 4, got
+    assert int(got["cp_async_arrive"]) == 1, got
+    assert 0 <= int(got["spill"]) <= MAX_SCALAR_SPILL_BYTES, got
+    assert int(got["smem"]) <= MAX_SMEM_BYTES, got
+
+
+def test_small_h_kernel_choice(monkeypatch):
+    """At most 16 heads run the raw-stage kernel by default, OPENMLA_SPARSE_RAW=0 the ring
+    kernel (OPENMLA_SPARSE_RING=0 then the swapped kernel); more heads neither."""
+    from openmla.ops.sparse_decode import gluon_launch as GL
+
+    monkeypatch.delenv("OPENMLA_SPARSE_RAW", raising=False)
+    monkeypatch.delenv("OPENMLA_SPARSE_RING", raising=False)
+    assert GL.raw(16) and GL.raw(1) and not GL.raw(17) and not GL.ring(16)
+    monkeypatch.setenv("OPENMLA_SPARSE_RAW", "0")
+    assert not GL.raw(16) and GL.ring(16)
+    monkeypatch.setenv("OPENMLA_SPARSE_RING", "0")
+    assert not GL.raw(16) and not GL.ring(16) and GL.small_h(16)
 
 
 # (b, s_q, h_q, s_k, topk, pbs, topk_length, all_invalid)
@@ -553,10 +581,43 @@ def _assert_variants_equal(shape, env, monkeypatch, seed):
                                    (74, 2, 16, 4000, 1000, 69, True, False)])
 def test_ring_kernel_equals_swapped_kernel_gpu(shape, gluon_backend, poisoned_outputs,
                                                monkeypatch):
-    """At h_q <= 16 the ring kernel (the default) and the register-gather swapped kernel
-    (OPENMLA_SPARSE_RING=0) run the same consumers on the same bf16 keys: bitwise equal
+    """At h_q <= 16 the ring kernel (OPENMLA_SPARSE_RAW=0) and the register-gather swapped
+    kernel (OPENMLA_SPARSE_RING=0) run the same consumers on the same bf16 keys: bitwise equal
     outputs, and both match the reference."""
+    monkeypatch.setenv("OPENMLA_SPARSE_RAW", "0")
     _assert_variants_equal(shape, "OPENMLA_SPARSE_RING", monkeypatch, seed=sum(shape[:6]) + 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(4, 1, 16, 512, 64, 2, False, False),
+                                   (5, 2, 8, 1024, 576, 61, True, False),
+                                   (3, 3, 4, 2046, 2048, 64, False, False),
+                                   (6, 1, 12, 300, 100, 64, True, False),
+                                   (2, 1, 16, 300, 130, 64, False, True),
+                                   (74, 2, 16, 4000, 1000, 69, True, False),
+                                   (128, 1, 16, 32768, 2048, 64, False, False)])
+def test_raw_kernel_and_ring_kernel_match_reference_gpu(shape, gluon_backend, poisoned_outputs,
+                                                        monkeypatch):
+    """At h_q <= 16 the raw-stage kernel (the default: f16 products of the exact fp8 values,
+    the scales on the products) and the ring kernel (OPENMLA_SPARSE_RAW=0: bf16 keys rounded as
+    the reference rounds them) both match the reference on the same case, and the raw-stage
+    kernel's largest error is no larger than the ring kernel's by more than one bf16 step."""
+    case = _gluon_case(shape, seed=sum(shape[:6]) + 4)
+    if shape[6]:
+        case["topk_length"][0] = 0
+    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    tol = TOLERANCES["sparse_decode"]
+    errs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("OPENMLA_SPARSE_RAW", flag)
+        out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                  tile_scheduler_metadata=_meta())
+        torch.cuda.synchronize()
+        assert_close("out", out, r_out.to(BF16), tol["out"])
+        assert_close("lse", lse, r_lse, tol["lse"])
+        errs[flag] = (out.float() - r_out.float()).abs().max().item()
+    step = r_out.float().abs().max().item() * 2.0 ** -8
+    assert errs["1"] <= errs["0"] + step, errs
 
 
 @pytest.mark.gpu

@@ -62,6 +62,16 @@ PREFETCH_ENV = "OPENMLA_SPARSE_PREFETCH"  # "all": every head block asks (compar
 # OPENMLA_SPARSE_RING=0 keeps the register-gather swapped kernel. 16 warps; the converter's
 # and issuer's registers as below (H200 graph replay, b=128 topk=2048, h_q=16: converter 104 /
 # 96 / 88 with the issuer at 64 / 64 / 56: 97.1 / 97.1 / 101.7 µs; the swapped kernel 108.5).
+# At most SMALL_H_HEADS heads run the raw-stage kernel (``gluon_raw_kernel.py``, the default
+# since the tenth session): the token rows stay fp8 in four shared-memory stages and the two MMA
+# warpgroups convert their wgmma A operands in registers (exact fp8 → f16) and multiply in f16.
+# OPENMLA_SPARSE_RAW=0 keeps the ring kernel below. 12 warps; registers of the PV warpgroup and
+# the issuer as below (the softmax warpgroup the rest); H200 graph replay, b=128 topk=2048,
+# h_q=16, PV 208 / 192 / 184: 85.7 / 85.2 / 86.5 µs (the ring kernel 95.9), 8 bytes of spills.
+RAW_ENV = "OPENMLA_SPARSE_RAW"
+RAW_STAGES = 4
+RAW_PV_REGS = 192
+RAW_ISSUER_REGS = 64
 RING_ENV = "OPENMLA_SPARSE_RING"
 RING_SLOTS = 3
 RING_CONVERTER_REGS = 104
@@ -176,9 +186,14 @@ def small_h(h_q: int) -> bool:
     return h_q <= SMALL_H_HEADS and os.environ.get(SMALL_H_ENV, "1") != "0"
 
 
+def raw(h_q: int) -> bool:
+    """Whether a launch with h_q heads runs the raw-stage kernel."""
+    return small_h(h_q) and os.environ.get(RAW_ENV, "1") != "0"
+
+
 def ring(h_q: int) -> bool:
     """Whether a launch with h_q heads runs the cp.async ring kernel."""
-    return small_h(h_q) and os.environ.get(RING_ENV, "1") != "0"
+    return small_h(h_q) and os.environ.get(RING_ENV, "1") != "0" and not raw(h_q)
 
 
 _PAIRS_FAILED: list[str] = []  # why a pair launch failed on this process's device, if one did
@@ -201,10 +216,14 @@ def _no_pairs(err: Exception) -> None:
 
 
 def _split_kernel(use_ring: bool, swap: bool, stages: int, pv_regs: int, producer_regs: int,
-                  head_blocks: int = 1, paired: bool = False):
-    """The split kernel of a launch and its own constexprs: the cp.async ring kernel (h_q <= 16)
-    or the register-gather kernel (64-row, or swapped with ``swap``) over ``head_blocks`` blocks
-    of heads a token."""
+                  head_blocks: int = 1, paired: bool = False, use_raw: bool = False):
+    """The split kernel of a launch and its own constexprs: the raw-stage or the cp.async ring
+    kernel (h_q <= 16) or the register-gather kernel (64-row, or swapped with ``swap``) over
+    ``head_blocks`` blocks of heads a token."""
+    if use_raw:
+        from .gluon_raw_kernel import _sparse_decode_raw_kernel
+        return _sparse_decode_raw_kernel, dict(STAGES=RAW_STAGES, PV_REGS=RAW_PV_REGS,
+                                               ISSUER_REGS=RAW_ISSUER_REGS)
     if use_ring:
         from .gluon_ring_kernel import _sparse_decode_ring_kernel
         return _sparse_decode_ring_kernel, dict(
@@ -267,7 +286,8 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
             _no_pairs(err)
             paired = False
     if not paired:
-        fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs, grid[0])
+        fn, consts = _split_kernel(ring(h_q), swap, stages, pv_regs, producer_regs, grid[0],
+                                   use_raw=raw(h_q))
         launch(fn, grid, args, dict(kw, **consts))
     if combine:
         decode_combine(o_acc, lse_acc, num_splits, out, lse.transpose(1, 2), attn_sink)
@@ -279,7 +299,8 @@ def sparse_decode_gluon_kernels(q, k_cache, indices, meta, num_splits, softmax_s
 def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool = True,
                  stages: int = GLUON_STAGES, pv_regs: int | None = None,
                  producer_regs: int | None = None, block_h: int = GLUON_BLOCK_H,
-                 ring: bool = False, head_blocks: int = 1, paired: bool = False):
+                 ring: bool = False, head_blocks: int = 1, paired: bool = False,
+                 raw: bool = False):
     """The split kernel compiled for Hopper (sm_90) with 16-divisible pointers and strides, as
     a launch at production shapes specialises it (``head_blocks`` blocks of heads a token).
     Must run without TRITON_INTERPRET."""
@@ -308,7 +329,8 @@ def compile_sm90(page_size: int = 64, has_topk_len: bool = True, has_sink: bool 
     ce = dict(PAGE_SIZE=page_size, D_HALF=D_V // 2, D_ROPE=D_QK - D_V, BLOCK_H=block_h,
               BLOCK_N=GLUON_BLOCK_N, OVERHEAD=REQUEST_OVERHEAD, META_COLS=META_COLS,
               HAS_TOPK_LEN=has_topk_len, HAS_SINK=has_sink)
-    fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs, head_blocks, paired)
+    fn, consts = _split_kernel(ring, swap, stages, pv_regs, producer_regs, head_blocks, paired,
+                               use_raw=raw)
     ce.update(consts)
     ce = with_constexpr_defaults(fn, ce)
 
