@@ -483,6 +483,7 @@ def test_small_h_kernel_choice(monkeypatch):
 
     monkeypatch.delenv("OPENMLA_SPARSE_RAW", raising=False)
     monkeypatch.delenv("OPENMLA_SPARSE_RING", raising=False)
+    monkeypatch.delenv("OPENMLA_SPARSE_GLUON_SMALL_H", raising=False)
     assert GL.raw(16) and GL.raw(1) and not GL.raw(17) and not GL.ring(16)
     monkeypatch.setenv("OPENMLA_SPARSE_RAW", "0")
     assert not GL.raw(16) and GL.ring(16)
@@ -621,6 +622,29 @@ def test_raw_kernel_and_ring_kernel_match_reference_gpu(shape, gluon_backend, po
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("group,factor", [(1, 2.0**-17), (2, 2.0**-17), (3, 2.0**12),
+                                          (0, 2.0**-12)])
+def test_raw_kernel_with_groups_scaled_apart_gpu(group, factor, gluon_backend, poisoned_outputs,
+                                                 monkeypatch):
+    """One 128-dim scale group of every token scaled far from the others (the raw-stage kernel
+    normalises each group's Pᵀ by that group's own largest scale in the tile): both kernels at
+    h_q <= 16 match the reference, with no inf / NaN."""
+    case = _gluon_case((8, 1, 16, 1024, 512, 64, False, False), seed=21)
+    scales = case["k_cache"].view(torch.uint8)[..., 512:528].view(torch.float32)
+    scales[..., group] *= factor
+    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    tol = TOLERANCES["sparse_decode"]
+    for flag in ("1", "0"):
+        monkeypatch.setenv("OPENMLA_SPARSE_RAW", flag)
+        out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
+                                                  tile_scheduler_metadata=_meta())
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all(), flag
+        assert_close("out", out, r_out.to(BF16), tol["out"])
+        assert_close("lse", lse, r_lse, tol["lse"])
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(4, 1, 128, 512, 64, 2, False, False),
                                    (5, 2, 128, 1024, 576, 61, True, False),
                                    (3, 3, 96, 2046, 2048, 64, False, False),
@@ -645,11 +669,25 @@ def test_pair_kernel_equals_single_kernel_gpu(shape, gluon_backend, poisoned_out
 def test_fixed_schedule_equals_scheduled_call_gpu(shape, gluon_backend, poisoned_outputs,
                                                   monkeypatch):
     """Without topk_length the kept schedule (the default; the combine left out when every
-    request is whole, as at b=128 and b=200) and a schedule made on the device every call
+    request is whole, as at b=128 on 132 SMs) and a schedule made on the device every call
     (OPENMLA_SPARSE_FIXED_SCHEDULE=0) give bitwise equal outputs, and both match the
-    reference; requests split over parts (b=3, b=5) still go through the combine."""
+    reference; requests split over parts (b=3, b=5, b=200) still go through the combine."""
+    from openmla.ops.sparse_decode import gluon_launch as GL
+
+    monkeypatch.setattr(GL, "_FIXED_SCHEDULES", {})
+    combines = []
+    real_combine = GL.decode_combine
+    monkeypatch.setattr(GL, "decode_combine",
+                        lambda *a, **k: (combines.append(1), real_combine(*a, **k))[1])
     _assert_variants_equal(shape, "OPENMLA_SPARSE_FIXED_SCHEDULE", monkeypatch,
                            seed=sum(shape[:6]) + 3)
+    assert len(GL._FIXED_SCHEDULES) == 1
+    (_, _, split), = GL._FIXED_SCHEDULES.values()
+    b, s_q, h_q = shape[:3]
+    parts = GL.num_parts_for(h_q, s_q, device_info("cuda").num_sms, b)
+    assert split == (not (parts == b or (b > parts and b % parts == 0))), (parts, split)
+    # the kept schedule's call combined only if it split; the scheduled call always combines
+    assert len(combines) == (2 if split else 1), combines
 
 
 @pytest.mark.gpu

@@ -126,15 +126,18 @@ def fixed_schedule(b: int, topk: int, num_parts: int, device: torch.device
     """The kept schedule of ``b`` requests of ``topk`` slots over ``num_parts`` parts: its
     metadata, its piece offsets, and whether any request is split (the combine is needed).
     Made on first use outside CUDA-graph capture (it reads one flag back to the host); during a
-    capture that has not seen the shape, None (the call schedules on the device as before)."""
+    capture that has not seen the shape, and while torch.compile traces, None (the call
+    schedules on the device as before). A ``tile_scheduler_metadata`` passed by the caller is
+    neither read nor filled on this path."""
     if os.environ.get(FIXED_SCHEDULE_ENV, "1") == "0":
         return None
     key = (device, b, topk, num_parts)
     hit = _FIXED_SCHEDULES.get(key)
     if hit is not None:
         return hit
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return None
+    if torch.compiler.is_compiling() or (device.type == "cuda"
+                                         and torch.cuda.is_current_stream_capturing()):
+        return None  # tracing (fake tensors) or capturing: schedule on the device as before
     lengths = schedule_lengths(b, topk, None, None, None, device)
     meta, num_splits = _library.ops.decode_schedule(lengths, num_parts)
     split = bool((num_splits[1:] - num_splits[:-1] > 1).any())
