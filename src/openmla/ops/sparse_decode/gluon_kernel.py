@@ -107,6 +107,19 @@ def _store_half(acc, fin, r, tok, head, mask_r, offs_d, whole, split, piece, out
 
 
 @gluon.jit
+def _store_lse(has_keys, lse2, r, tok, head, mask, whole, split, piece, lse_ptr, lse_acc_ptr,
+               stride_lb, stride_lt, stride_lh, stride_la_piece, stride_la_t):
+    """A request's lse: natural log (+inf for rows that saw no key) into the output when it is
+    one piece, else this piece's base-2 lse into the combine's accumulators (complementary
+    masks, as ``_store_half``)."""
+    lse_nat = gl.where(has_keys, lse2 * LN2, float("inf"))
+    gl.store(lse_ptr + r.to(gl.int64) * stride_lb + tok * stride_lt + head * stride_lh,
+             lse_nat, mask=mask & whole)
+    gl.store(lse_acc_ptr + piece.to(gl.int64) * stride_la_piece + tok * stride_la_t + head,
+             lse2, mask=mask & split)
+
+
+@gluon.jit
 def _request_factors(l_i, m_i, whole, sink2, HAS_SINK: gl.constexpr):
     """Per output row at the end of a request: whether it saw a key, its lse (base 2) and the
     factor its output is multiplied by (1/l, with the sink's 1/(1 + 2^(σ·log2e − lse₂)) for a
@@ -427,11 +440,8 @@ def _softmax_partition(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_free, k_r
         _store_half(acc, gl.convert_layout(fin, row_o), r, tok, head_o, mask_o, offs_d, whole,
                     split, piece, out_ptr, o_acc_ptr, stride_ob, stride_ot, stride_oh, stride_oa_piece,
                     stride_oa_t, stride_oa_h)
-        lse_nat = gl.where(has_keys, lse2 * LN2, float("inf"))
-        gl.store(lse_ptr + r.to(gl.int64) * stride_lb + tok * stride_lt + head_s * stride_lh,
-                 lse_nat, mask=mask_s & whole)
-        gl.store(lse_acc_ptr + piece.to(gl.int64) * stride_la_piece + tok * stride_la_t + head_s,
-                 lse2, mask=mask_s & split)
+        _store_lse(has_keys, lse2, r, tok, head_s, mask_s, whole, split, piece, lse_ptr,
+                   lse_acc_ptr, stride_lb, stride_lt, stride_lh, stride_la_piece, stride_la_t)
         line_pos += OVERHEAD + n_sched
         rq += 1
         r += 1
@@ -514,11 +524,8 @@ def _softmax_partition_swapped(q_s, qr_s, k_s, kr_s, v_s, p_s, a_s, q_ready, q_f
         _store_half(acc, gl.convert_layout(fin, head_ol), r, tok, head_o, mask_o, offs_d, whole,
                     split, piece, out_ptr, o_acc_ptr, stride_ob, stride_ot, stride_oh,
                     stride_oa_piece, stride_oa_t, stride_oa_h, ROW_AXIS=1)
-        lse_nat = gl.where(has_keys, lse2 * LN2, float("inf"))
-        gl.store(lse_ptr + r.to(gl.int64) * stride_lb + tok * stride_lt + head_s * stride_lh,
-                 lse_nat, mask=mask_s & whole)
-        gl.store(lse_acc_ptr + piece.to(gl.int64) * stride_la_piece + tok * stride_la_t + head_s,
-                 lse2, mask=mask_s & split)
+        _store_lse(has_keys, lse2, r, tok, head_s, mask_s, whole, split, piece, lse_ptr,
+                   lse_acc_ptr, stride_lb, stride_lt, stride_lh, stride_la_piece, stride_la_t)
         line_pos += OVERHEAD + n_sched
         rq += 1
         r += 1

@@ -51,7 +51,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .._gluon_decode import handoff_barriers, load_q
 from ..schedule.gluon import schedule_part
 from .gluon_kernel import (
-    LN2,
     LOG2E,
     MAX_SENTINEL,
     ROPE_OFFSET,
@@ -60,6 +59,7 @@ from .gluon_kernel import (
     _request_factors,
     _request_tiles,
     _store_half,
+    _store_lse,
     _token_rows,
 )
 
@@ -386,11 +386,8 @@ def _raw_softmax(q_s, qr_s, qp_s, raw_s, sc_s, rope_s, p_s, a_s, q_ready, q_free
         a_s.index(4).store(ones_h * c3)
         mbarrier.arrive(p_ready, count=1)
         msg += 1
-        lse_nat = gl.where(has_keys, lse2 * LN2, float("inf"))
-        gl.store(lse_ptr + r.to(gl.int64) * stride_lb + tok * stride_lt + head_s * stride_lh,
-                 lse_nat, mask=mask_s & whole)
-        gl.store(lse_acc_ptr + piece.to(gl.int64) * stride_la_piece + tok * stride_la_t + head_s,
-                 lse2, mask=mask_s & split)
+        _store_lse(has_keys, lse2, r, tok, head_s, mask_s, whole, split, piece, lse_ptr,
+                   lse_acc_ptr, stride_lb, stride_lt, stride_lh, stride_la_piece, stride_la_t)
         line_pos += OVERHEAD + n_sched
         rq += 1
         r += 1
