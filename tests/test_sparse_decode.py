@@ -272,15 +272,17 @@ def test_triton_kernel_vs_reference_gpu(shape, triton_backend):
     _assert_public_call_matches_reference(_gpu_case(shape))
 
 
-def _assert_public_call_matches_reference(case):
-    """The public call on ``case`` (a fresh schedule) against the float32 reference."""
+def _assert_public_call_matches_reference(case, ref=None):
+    """The public call on ``case`` (a fresh schedule) against the float32 reference (``ref``:
+    its (out, lse), when already computed); returns the call's (out, lse)."""
     out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
                                               tile_scheduler_metadata=openmla.get_mla_metadata()[0])
     torch.cuda.synchronize()
-    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    r_out, r_lse = ref or sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
     tol = TOLERANCES["sparse_decode"]
     assert_close("out", out, r_out.to(BF16), tol["out"])
     assert_close("lse", lse, r_lse, tol["lse"])
+    return out, lse
 
 
 @pytest.mark.gpu
@@ -606,16 +608,12 @@ def test_raw_kernel_and_ring_kernel_match_reference_gpu(shape, gluon_backend, po
     case = _gluon_case(shape, seed=sum(shape[:6]) + 4)
     if shape[6]:
         case["topk_length"][0] = 0
-    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
-    tol = TOLERANCES["sparse_decode"]
+    ref = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
+    r_out = ref[0]
     errs = {}
     for flag in ("1", "0"):
         monkeypatch.setenv("OPENMLA_SPARSE_RAW", flag)
-        out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                                  tile_scheduler_metadata=_meta())
-        torch.cuda.synchronize()
-        assert_close("out", out, r_out.to(BF16), tol["out"])
-        assert_close("lse", lse, r_lse, tol["lse"])
+        out, _ = _assert_public_call_matches_reference(case, ref)
         errs[flag] = (out.float() - r_out.float()).abs().max().item()
     step = r_out.float().abs().max().item() * 2.0 ** -8
     assert errs["1"] <= errs["0"] + step, errs
@@ -635,16 +633,11 @@ def test_raw_kernel_with_groups_scaled_apart_gpu(group, factor, gluon_backend, p
     case = _gluon_case((8, 1, 16, 1024, 512, 64, False, False), seed=21)
     scales = case["k_cache"].view(torch.uint8)[..., 512:528].view(torch.float32)
     scales[..., group] *= factor
-    r_out, r_lse = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
-    tol = TOLERANCES["sparse_decode"]
+    ref = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
     for flag in ("1", "0"):
         monkeypatch.setenv("OPENMLA_SPARSE_RAW", flag)
-        out, lse = openmla.flash_mla_with_kvcache(**gen.public_kwargs(case),
-                                                  tile_scheduler_metadata=_meta())
-        torch.cuda.synchronize()
+        out, _ = _assert_public_call_matches_reference(case, ref)
         assert torch.isfinite(out).all(), flag
-        assert_close("out", out, r_out.to(BF16), tol["out"])
-        assert_close("lse", lse, r_lse, tol["lse"])
 
 
 @pytest.mark.gpu

@@ -121,6 +121,13 @@ FIXED_SCHEDULE_ENV = "OPENMLA_SPARSE_FIXED_SCHEDULE"
 _FIXED_SCHEDULES: dict[tuple, tuple[torch.Tensor, torch.Tensor, bool]] = {}
 
 
+def _schedule(b: int, topk: int, topk_length: torch.Tensor | None, num_parts: int,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-KV schedule (metadata, piece offsets) of ``b`` requests, made on the device."""
+    lengths = schedule_lengths(b, topk, topk_length, None, None, device)
+    return _library.ops.decode_schedule(lengths, num_parts)
+
+
 def fixed_schedule(b: int, topk: int, num_parts: int, device: torch.device
                    ) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
     """The kept schedule of ``b`` requests of ``topk`` slots over ``num_parts`` parts: its
@@ -138,8 +145,7 @@ def fixed_schedule(b: int, topk: int, num_parts: int, device: torch.device
     if torch.compiler.is_compiling() or (device.type == "cuda"
                                          and torch.cuda.is_current_stream_capturing()):
         return None  # tracing (fake tensors) or capturing: schedule on the device as before
-    lengths = schedule_lengths(b, topk, None, None, None, device)
-    meta, num_splits = _library.ops.decode_schedule(lengths, num_parts)
+    meta, num_splits = _schedule(b, topk, None, num_parts, device)
     split = bool((num_splits[1:] - num_splits[:-1] > 1).any())
     _FIXED_SCHEDULES[key] = hit = (meta, num_splits, split)
     return hit
@@ -174,8 +180,7 @@ def sparse_decode_gluon(q: torch.Tensor, k_cache: torch.Tensor, indices: torch.T
         if meta.shape[0] != num_parts or meta.device != q.device:
             meta = None  # made for another device or launch shape: schedule again
     if meta is None:
-        lengths = schedule_lengths(b, indices.shape[-1], topk_length, None, None, q.device)
-        meta, num_splits = _library.ops.decode_schedule(lengths, num_parts)
+        meta, num_splits = _schedule(b, indices.shape[-1], topk_length, num_parts, q.device)
         if sched is not None:
             sched.tile_scheduler_metadata, sched.num_splits = meta, num_splits
     out, lse = torch.ops.openmla.sparse_decode_gluon(q, k_cache, indices, meta, num_splits,

@@ -213,16 +213,19 @@ def _q_operand(q_s, qp_s, head_l: gl.constexpr, BLOCK_H: gl.constexpr):
     e = gl.minimum(gl.maximum(e, -100), 100)
     down = ((127 + 14 - e) << 23).to(gl.float32, bitcast=True)  # 2^(14 - e)
     up = ((127 - 14 + e) << 23).to(gl.float32, bitcast=True)  # 2^(e - 14)
-    for half in gl.static_range(2):
-        if half == 0:
-            qh = q0
-        else:
-            qh = q1
-        qh = (qh * gl.expand_dims(down, 1)).to(gl.float16)
-        qh = gl.reshape(qh, [BLOCK_H, 2, 4, 2, 4, 2, 2])  # head, g, q, h, b, j, e
-        qh = gl.permute(qh, (0, 1, 3, 4, 5, 2, 6))
-        qp_s.index(half).store(gl.reshape(qh, [BLOCK_H, 2 * GROUP]))
+    _store_q_half(q0, down, qp_s.index(0), BLOCK_H)
+    _store_q_half(q1, down, qp_s.index(1), BLOCK_H)
     return gl.convert_layout(up, head_l)
+
+
+@gluon.jit
+def _store_q_half(qh, down, dst, BLOCK_H: gl.constexpr):
+    """Two groups of Q's NoPE dims [BLOCK_H, 256], scaled by ``down`` a head, as f16 in the
+    κ order into ``dst``."""
+    qh = (qh * gl.expand_dims(down, 1)).to(gl.float16)
+    qh = gl.reshape(qh, [BLOCK_H, 2, 4, 2, 4, 2, 2])  # head, g, q, h, b, j, e
+    qh = gl.permute(qh, (0, 1, 3, 4, 5, 2, 6))
+    dst.store(gl.reshape(qh, [BLOCK_H, 2 * GROUP]))
 
 
 @gluon.jit
