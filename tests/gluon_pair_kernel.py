@@ -37,6 +37,7 @@ def _pair_writer(tile, ready, in_ptr, SMEM_TILE: gl.constexpr, SMEM_READY: gl.co
     else:
         tile.slice(HALF, HALF, dim=0).store(x)
     fence_async_shared()
+    gl.thread_barrier()  # every thread's stores fenced before thread 0 copies them
     HALF_BLOCK: gl.constexpr = HALF * 128  # 128-byte rows in 64-column blocks
     mbarrier.expect(ready, HALF_BLOCK * (COLS // 64))
     bulk_to_peer(smem_base() + SMEM_TILE + rank * HALF_BLOCK, smem_base() + SMEM_READY,

@@ -17,9 +17,13 @@ memory and no handle on a buffer's shared address. These helpers add both, in PT
   (the kernel itself is compiled for one CTA: ``program_id(0)`` is the CTA's rank in the pair).
 
 The single-thread helpers run on thread 0 of the calling warpgroup (a partition of 4 warps; the
-predicate is element 0 of a ``gl.arange`` over its threads), and are to be placed after a Gluon
-mbarrier arrive / expect of that warpgroup, whose lowering makes the warpgroup meet at a barrier
-first.
+predicate is element 0 of a ``gl.arange`` over its threads). The warpgroup must meet at a
+barrier between its threads' last accesses of the data concerned and the helper: a Gluon
+``mbarrier.arrive`` makes it meet first, ``mbarrier.expect`` does not (one thread arrives, no
+barrier before it), so ``bulk_to_peer`` after ``expect`` needs ``gl.thread_barrier()`` after
+the threads' stores and ``fence_async_shared()``. Without it thread 0 copied rows other warps
+had not stored yet: a rare result that differed run to run (H200, 1 in 40 calls at b=74
+s_q=2 h_q=128), the wrong peer rows racecheck saw, whole warps' rows at a time.
 """
 from __future__ import annotations
 

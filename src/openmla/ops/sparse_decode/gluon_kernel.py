@@ -319,6 +319,9 @@ def _producer_partition(q_desc, qr_desc, q_s, qr_s, k_s, kr_s, v_s, q_ready, q_f
                     _store_rows(k_s, kr_s, v_s, s, raw0, raw1, raw2, raw3, sc0, sc1, sc2, sc3,
                                 rope, valid, ROWS)
                 fence_async_shared()
+                # every thread's rows are stored and fenced before thread 0 arrives and copies
+                # them to the peer (Gluon's expect is one thread's, with no barrier before it)
+                gl.thread_barrier()
                 mbarrier.expect(k_ready.index(s), PEER_BYTES)  # the peer's half, in bytes
                 bar = smem + SMEM_READY + 8 * s
                 bulk_to_peer(smem + SMEM_K + s * STAGE_K + pid_h * HALF_BLOCK, bar, peer,
