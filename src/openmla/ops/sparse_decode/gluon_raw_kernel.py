@@ -167,6 +167,8 @@ def _raw_issuer(q_desc, qr_desc, q_s, qr_s, raw_s, sc_s, cm_s, rope_s, q_ready, 
     """Q by TMA; per tile the NoPE bytes, scales and RoPE part by ``cp.async``; a tile later,
     once its copies have landed, each group's largest scale over its keys (so that neither MMA
     warpgroup reduces them)."""
+    # a stage's maxima wait for the next stage to be free: one stage would never complete
+    gl.static_assert(STAGES >= 2)
     nope_l: gl.constexpr = gl.BlockedLayout([1, 16], [4, 8], [4, 1], [1, 0])
     sc_l: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # a key a thread (64 of 128)
     rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
