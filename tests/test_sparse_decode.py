@@ -594,6 +594,16 @@ def test_ring_kernel_equals_swapped_kernel_gpu(shape, gluon_backend, poisoned_ou
     _assert_variants_equal(shape, "OPENMLA_SPARSE_RING", monkeypatch, seed=sum(shape[:6]) + 1)
 
 
+def _raw_and_ring_outputs(case, ref, monkeypatch):
+    """The public call at h_q <= 16 with the raw-stage kernel (OPENMLA_SPARSE_RAW "1") and the
+    ring kernel ("0"), each checked against the reference ``ref``; their outputs by flag."""
+    outs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("OPENMLA_SPARSE_RAW", flag)
+        outs[flag], _ = _assert_public_call_matches_reference(case, ref)
+    return outs
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(4, 1, 16, 512, 64, 2, False, False),
                                    (5, 2, 8, 1024, 576, 61, True, False),
@@ -613,11 +623,8 @@ def test_raw_kernel_and_ring_kernel_match_reference_gpu(shape, gluon_backend, po
         case["topk_length"][0] = 0
     ref = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
     r_out = ref[0]
-    errs = {}
-    for flag in ("1", "0"):
-        monkeypatch.setenv("OPENMLA_SPARSE_RAW", flag)
-        out, _ = _assert_public_call_matches_reference(case, ref)
-        errs[flag] = (out.float() - r_out.float()).abs().max().item()
+    outs = _raw_and_ring_outputs(case, ref, monkeypatch)
+    errs = {flag: (out.float() - r_out.float()).abs().max().item() for flag, out in outs.items()}
     step = r_out.float().abs().max().item() * 2.0 ** -8
     assert errs["1"] <= errs["0"] + step, errs
 
@@ -637,9 +644,7 @@ def test_raw_kernel_with_groups_scaled_apart_gpu(group, factor, gluon_backend, p
     scales = case["k_cache"].view(torch.uint8)[..., 512:528].view(torch.float32)
     scales[..., group] *= factor
     ref = sparse_decode_ref(**gen.reference_kwargs("sparse_decode", case))
-    for flag in ("1", "0"):
-        monkeypatch.setenv("OPENMLA_SPARSE_RAW", flag)
-        out, _ = _assert_public_call_matches_reference(case, ref)
+    for flag, out in _raw_and_ring_outputs(case, ref, monkeypatch).items():
         assert torch.isfinite(out).all(), flag
 
 
