@@ -16,7 +16,8 @@ def handoff_barriers(STAGES: gl.constexpr, Q_ARRIVALS: gl.constexpr,
     """The barriers of the two-warpgroup kernels (a softmax and a P·V warpgroup fed by a
     loader): Q landed / Q free, P published / P free, and per ring stage key tile landed / key
     tile free (both warpgroups release it). ``Q_ARRIVALS`` / ``K_ARRIVALS``: the arrivals that
-    complete a landing (1 for a TMA load with its byte count, a thread count for cp.async);
+    complete a landing (1 for a TMA load with its byte count, a thread count for cp.async, plus
+    any single arrival the loader adds after its copies);
     ``K_RELEASES``: those that free a key tile (4 when a CTA pair shares the tiles)."""
     q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
