@@ -750,6 +750,26 @@ def test_failed_pair_launch_falls_back_gpu(gluon_backend, poisoned_outputs, monk
 
 
 @pytest.mark.gpu
+def test_raw_kernel_with_tiles_scaled_apart_gpu(gluon_backend, poisoned_outputs):
+    """Key tiles whose scales lie 2^17 apart (every odd token's four scales scaled down, each
+    request's indices ordered even tokens first, so the tiles hold one class but for one):
+    the raw-stage kernel normalises a tile's Pᵀ_g by that tile's own scale maxima, which the
+    issuer reduces a stage at a time; a maximum from another tile or stage would overflow Pᵀ_g
+    (f16) to inf. Matches the reference, with no inf / NaN."""
+    case = _gluon_case((8, 2, 16, 2048, 512, 64, False, False), seed=23)
+    scales = case["k_cache"].view(torch.uint8)[..., 512:528].view(torch.float32)
+    pages, pbs = scales.shape[:2]
+    odd = (torch.arange(pages * pbs, device=scales.device) % 2 == 1).view(pages, pbs)
+    scales[odd] = scales[odd] * 2.0 ** -17
+    idx = case["indices"]
+    order = torch.sort((idx % 2).to(torch.int32), dim=-1, stable=True).indices
+    case["indices"] = torch.gather(idx, -1, order).contiguous()
+    assert (case["indices"][..., 0] % 2 == 0).all() and (case["indices"][..., -1] % 2 == 1).all()
+    out, _ = _assert_public_call_matches_reference(case)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("h_q", [128, 16])
 def test_gluon_bitwise_deterministic_gpu(gluon_backend, h_q):
     kw = gen.public_kwargs(_gluon_case((74, 2, h_q, 2046, 2048, 64, True, False), seed=9))

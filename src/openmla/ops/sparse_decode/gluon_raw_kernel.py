@@ -152,7 +152,10 @@ def _scale_maxima(sc_s, cm_s, k_ready, s, cm_l: gl.constexpr):
     ``cm_s[s]``, then the issuer's last arrival on ``k_ready[s]``."""
     sc4 = sc_s._reinterpret(gl.float32, [cm_s.shape[0], 4, sc_s.shape[1]],
                             gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])).index(s)
-    gl.thread_barrier()  # every issuer thread's copies of the stage have landed
+    # each thread's cp.async rows (generic proxy) made visible to the RoPE product's wgmma
+    # (async proxy), then every issuer thread's copies of the stage have landed
+    fence_async_shared()
+    gl.thread_barrier()
     c = gl.max(sc4.load(cm_l), axis=1)
     cm_s.index(s).store(gl.where(c > 0.0, c, 1.0))
     mbarrier.arrive(k_ready.index(s), count=1)
@@ -367,9 +370,8 @@ def _raw_softmax(q_s, qr_s, qp_s, raw_s, sc_s, rope_s, pf_s, a_s, q_ready, q_fre
                                other=-1)
             valid, row = _token_rows(idx, slots, length, num_tokens, stride_kp, PAGE_SIZE)
             mbarrier.wait(k_ready.index(s), (it // STAGES) & 1)
-            # the RoPE rows, landed by cp.async and completed through the stage barrier, go to
-            # wgmma with no generic-to-async proxy fence after the wait: the cp.async gather
-            # pattern of Hopper kernels (a fence here costs H200 h_q=16 67.9 -> 71.1 µs)
+            # the issuer fenced the stage's cp.async rows before its last arrival (a fence here,
+            # on this chain, cost H200 h_q=16 67.9 -> 71.1 µs)
             sr = warpgroup_mma(rope_s.index(s), qr_s.permute((1, 0)), zeros_s, is_async=True)
             sc0 = sc_s.index(4 * s + 0).load(key_s)
             sc1 = sc_s.index(4 * s + 1).load(key_s)
