@@ -578,13 +578,18 @@ def _assert_variants_equal(shape, env, monkeypatch, seed):
     assert_close("lse", runs["1"][1], r_lse, tol["lse"])
 
 
+# h_q <= 16 cases of the kernel-variant tests: (b, s_q, h_q, s_k, topk, page size, topk_length,
+# all-invalid)
+SMALL_H_SHAPES = [(4, 1, 16, 512, 64, 2, False, False),
+                  (5, 2, 8, 1024, 576, 61, True, False),
+                  (3, 3, 4, 2046, 2048, 64, False, False),
+                  (6, 1, 12, 300, 100, 64, True, False),
+                  (2, 1, 16, 300, 130, 64, False, True),
+                  (74, 2, 16, 4000, 1000, 69, True, False)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(4, 1, 16, 512, 64, 2, False, False),
-                                   (5, 2, 8, 1024, 576, 61, True, False),
-                                   (3, 3, 4, 2046, 2048, 64, False, False),
-                                   (6, 1, 12, 300, 100, 64, True, False),
-                                   (2, 1, 16, 300, 130, 64, False, True),
-                                   (74, 2, 16, 4000, 1000, 69, True, False)])
+@pytest.mark.parametrize("shape", SMALL_H_SHAPES)
 def test_ring_kernel_equals_swapped_kernel_gpu(shape, gluon_backend, poisoned_outputs,
                                                monkeypatch):
     """At h_q <= 16 the ring kernel (OPENMLA_SPARSE_RAW=0) and the register-gather swapped
@@ -605,13 +610,7 @@ def _raw_and_ring_outputs(case, ref, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(4, 1, 16, 512, 64, 2, False, False),
-                                   (5, 2, 8, 1024, 576, 61, True, False),
-                                   (3, 3, 4, 2046, 2048, 64, False, False),
-                                   (6, 1, 12, 300, 100, 64, True, False),
-                                   (2, 1, 16, 300, 130, 64, False, True),
-                                   (74, 2, 16, 4000, 1000, 69, True, False),
-                                   (128, 1, 16, 32768, 2048, 64, False, False)])
+@pytest.mark.parametrize("shape", SMALL_H_SHAPES + [(128, 1, 16, 32768, 2048, 64, False, False)])
 def test_raw_kernel_and_ring_kernel_match_reference_gpu(shape, gluon_backend, poisoned_outputs,
                                                         monkeypatch):
     """At h_q <= 16 the raw-stage kernel (the default: f16 products of the exact fp8 values,

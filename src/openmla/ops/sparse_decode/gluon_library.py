@@ -1,6 +1,7 @@
 """torch.library registration of the Hopper (Gluon) sparse-decode launcher,
 ``openmla::sparse_decode_gluon``: one opaque op (split kernel + combine, the combine left out
-with ``combine=False`` when the schedule keeps every request whole) with a fake implementation, so ``torch.compile`` traces the Gluon backend as it does the portable one."""
+with ``combine=False`` when the schedule keeps every request whole) with a fake
+implementation, so ``torch.compile`` traces the Gluon backend as it does the portable one."""
 from __future__ import annotations
 
 import torch

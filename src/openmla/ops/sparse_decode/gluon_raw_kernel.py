@@ -162,6 +162,13 @@ def _scale_maxima(sc_s, cm_s, k_ready, s, cm_l: gl.constexpr):
 
 
 @gluon.jit
+def _stage_scales(sc_s, s, key_l: gl.constexpr):
+    """The four groups' scales of stage ``s``'s keys, each a vector in ``key_l``."""
+    return (sc_s.index(4 * s + 0).load(key_l), sc_s.index(4 * s + 1).load(key_l),
+            sc_s.index(4 * s + 2).load(key_l), sc_s.index(4 * s + 3).load(key_l))
+
+
+@gluon.jit
 def _raw_issuer(q_desc, qr_desc, q_s, qr_s, raw_s, sc_s, cm_s, rope_s, q_ready, q_free, k_ready,
                 k_free, k_ptr, idx_ptr, topk_len_ptr, meta_ptr, s_q, h_q, topk, num_tokens,
                 stride_kp, stride_ib, stride_it, D_HALF: gl.constexpr, BLOCK_H: gl.constexpr,
@@ -373,10 +380,7 @@ def _raw_softmax(q_s, qr_s, qp_s, raw_s, sc_s, rope_s, pf_s, a_s, q_ready, q_fre
             # the issuer fenced the stage's cp.async rows before its last arrival (a fence here,
             # on this chain, cost H200 h_q=16 67.9 -> 71.1 µs)
             sr = warpgroup_mma(rope_s.index(s), qr_s.permute((1, 0)), zeros_s, is_async=True)
-            sc0 = sc_s.index(4 * s + 0).load(key_s)
-            sc1 = sc_s.index(4 * s + 1).load(key_s)
-            sc2 = sc_s.index(4 * s + 2).load(key_s)
-            sc3 = sc_s.index(4 * s + 3).load(key_s)
+            sc0, sc1, sc2, sc3 = _stage_scales(sc_s, s, key_s)
             sr, sn = _nope_scores(raw_s.index(s), qp_s, sr, sc0, sc1, sc2, sc3, zeros_s, k_l,
                                   a_layout)
             mbarrier.arrive(k_free.index(s), count=1)
@@ -473,10 +477,7 @@ def _raw_pv(raw_s, sc_s, cm_s, pf_s, p0_s, p1_s, p2_s, p3_s, a_s, k_ready, k_fre
             n1 = _pick(c4, 1)
             n2 = _pick(c4, 2)
             n3 = _pick(c4, 3)
-            sc0 = sc_s.index(4 * s + 0).load(key_s)
-            sc1 = sc_s.index(4 * s + 1).load(key_s)
-            sc2 = sc_s.index(4 * s + 2).load(key_s)
-            sc3 = sc_s.index(4 * s + 3).load(key_s)
+            sc0, sc1, sc2, sc3 = _stage_scales(sc_s, s, key_s)
             mbarrier.wait(p_ready, msg & 1)
             p = pf_s.load(o_layout)
             alpha = a_s.index(0).load(head_ol)
