@@ -19,6 +19,7 @@ from openmla.testing.compare import TOLERANCES, assert_close
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BF16 = torch.bfloat16
 INT_MIN, INT_MAX = -2147483648, 2147483647
+LOG2E = 1.4426950408889634
 TOL = TOLERANCES["sparse_prefill"]
 
 # (d_qk, s_q, s_kv, h_q, topk, topk_length, sink, all_invalid, non_contiguous); CPU tier: each
@@ -431,6 +432,51 @@ def test_gluon_launch_variants_gpu(grid_ctas, evict_last, poisoned_outputs):
     out, max_logits, lse = sparse_prefill_gluon_kernel(
         case["q"], case["kv"], case["indices"], case["attn_sink"], case["topk_length"],
         case["sm_scale"], 512, 2, 4, grid_ctas, evict_last)
+    _check_vs_ref(case, out, max_logits, lse)
+
+
+def _rising_scores_case(d_qk, seed):
+    """Scores whose row maxima rise across an item's key tiles, by less than 2^8 (base 2) from
+    one tile to the next in some rows and by more in others, so the Gluon kernel's lazy
+    references stay in some rows, warps and tiles and move in others. One coordinate carries
+    the rise (the last RoPE one at d_qk 576, so V is untouched; the first at d_qk 512, where V
+    is the whole row and its output column is then an average of positive values): the keys of
+    tile t hold about 1.6^t there and the query rows 0.1 to 4, every value in every 16-head
+    group (a warp's rows), so in each warp some references move and some never do."""
+    s_q, s_kv, h_q, topk = 6, 4096, 128, 640
+    case = gen.sparse_prefill_inputs(s_q, s_kv, h_q, topk, d_qk=d_qk, with_attn_sink=True,
+                                     device="cuda", seed=seed)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    idx = torch.randperm(s_kv, generator=g, device="cuda")[:s_q * topk].view(s_q, topk)
+    col = d_qk - 1 if d_qk == 576 else 0
+    tile = (torch.arange(topk, device="cuda") // 64).repeat(s_q)
+    jitter = 1 + 0.2 * torch.rand(s_q * topk, generator=g, device="cuda")
+    kv = case["kv"].float()
+    kv[idx.flatten().long(), 0, col] = 1.6 ** tile.float() * jitter
+    case["kv"] = kv.to(BF16)
+    case["indices"] = idx.to(torch.int32).view(s_q, 1, topk).contiguous()
+    q = case["q"].float()
+    q[:, :, col] = torch.linspace(0.1, 4.0, 16, device="cuda").repeat(h_q // 16)
+    case["q"] = q.to(BF16)
+    return case
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d_qk", [576, 512])
+def test_gluon_lazy_rescale_gpu(d_qk, gluon_backend, poisoned_outputs):
+    """The lazy reference maxima: row maxima rising tile after tile (some rows past the
+    2^8 threshold, some not) against the reference; max_logits is the true maximum."""
+    if not device_info("cuda").is_hopper:
+        pytest.skip("the Gluon kernel is Hopper-only")
+    case = _rising_scores_case(d_qk, seed=d_qk)
+    # the case does what it says: per (token, head), the base-2 maximum of each 64-key tile
+    # against the running maximum of the tiles before it
+    q, kv, idx = case["q"].float(), case["kv"][:, 0].float(), case["indices"][:, 0].long()
+    sc = torch.einsum("qhd,qkd->qhk", q, kv[idx]) * case["sm_scale"] * LOG2E
+    tile_max = sc.view(*sc.shape[:2], -1, 64).amax(-1)
+    rise = tile_max[..., 1:] - tile_max.cummax(-1).values[..., :-1]
+    assert bool((rise > 8).any()) and bool((rise < 8).any())  # some references move, some stay
+    out, max_logits, lse = openmla.flash_mla_sparse_fwd(**gen.public_kwargs(case))
     _check_vs_ref(case, out, max_logits, lse)
 
 
