@@ -11,6 +11,7 @@ from openmla.device import DeviceInfo, device_info, interpreting
 from openmla.dispatch import select
 from openmla.ops.sparse_prefill import triton_supports
 from openmla.ops.sparse_prefill.config import pick_config
+from openmla.ops.sparse_prefill.launch import LOG2E
 from openmla.ops.sparse_prefill.ref import sparse_prefill_ref
 from openmla.testing import generate as gen
 from openmla.testing import naive
@@ -19,7 +20,6 @@ from openmla.testing.compare import TOLERANCES, assert_close
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BF16 = torch.bfloat16
 INT_MIN, INT_MAX = -2147483648, 2147483647
-LOG2E = 1.4426950408889634
 TOL = TOLERANCES["sparse_prefill"]
 
 # (d_qk, s_q, s_kv, h_q, topk, topk_length, sink, all_invalid, non_contiguous); CPU tier: each

@@ -72,12 +72,20 @@ def _item(item, n_hb, topk, topk_length_ptr, stride_tl, HAS_TOPK_LEN: gl.constex
 
 
 @gluon.jit
-def _tile_bias(idx_row, t, offs_n, n_slots, s_kv, BLOCK_N: gl.constexpr):
-    """0 at the valid slots of key tile ``t`` and -inf at the others (index < 0 or >= s_kv, or
-    past the listed slots): a [1, BLOCK_N] row added to the tile's scores."""
+def _tile_slots(idx_row, t, offs_n, n_slots, s_kv, BLOCK_N: gl.constexpr):
+    """The indices of key tile ``t`` (-1 past the listed slots) and which of them are valid
+    (index in [0, s_kv) and listed)."""
     slots = t * BLOCK_N + offs_n
     idx = gl.load(idx_row + slots, mask=slots < n_slots, other=-1)
-    return gl.expand_dims(gl.where((idx >= 0) & (idx < s_kv), 0.0, float("-inf")), 0)
+    return idx, (idx >= 0) & (idx < s_kv)
+
+
+@gluon.jit
+def _tile_bias(idx_row, t, offs_n, n_slots, s_kv, BLOCK_N: gl.constexpr):
+    """0 at the valid slots of key tile ``t`` and -inf at the others: a [1, BLOCK_N] row added
+    to the tile's scores."""
+    _, ok = _tile_slots(idx_row, t, offs_n, n_slots, s_kv, BLOCK_N)
+    return gl.expand_dims(gl.where(ok, 0.0, float("-inf")), 0)
 
 
 @gluon.constexpr_function
@@ -192,9 +200,7 @@ def _load_partition(q_s, qr_s, k_s, kr_s, q_ready, q_free, k_ready, k_free,
             s = it % STAGES
             # the tile's indices are read before waiting for its buffer (their latency hides
             # behind the wait)
-            slots = t * BLOCK_N + offs_n
-            idx = gl.load(idx_row + slots, mask=slots < n_slots, other=-1)
-            ok = (idx >= 0) & (idx < s_kv)
+            idx, ok = _tile_slots(idx_row, t, offs_n, n_slots, s_kv, BLOCK_N)
             off = gl.where(ok, idx, 0).to(gl.int64) * stride_kvs
             mbarrier.wait(k_free.index(s), ((it // STAGES) & 1) ^ 1)
             _gather_rows(k_s.index(2 * s), kv_ptr, off, ok, 0, D_HALF, rows_l, EVICT_LAST)
